@@ -1,0 +1,1 @@
+"""Model wrappers, one small interface per kind (load, encode)."""

@@ -1,0 +1,221 @@
+"""CLIP image/text encoder over open_clip: one small interface (load, encode).
+
+Any open_clip model works: a built-in name with a pretrained tag, a built-in name with a
+local or ``s3://`` checkpoint, ``hf-hub:``/``local-dir:`` names, or the bundled offline
+reference model. Images are encoded in ONE batched forward pass per call; outputs are
+L2-normalised float32 so inner product = cosine similarity everywhere downstream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from common.errors import ConfigError
+from common.models import reference
+from common.settings import Settings
+
+log = logging.getLogger(__name__)
+
+RANDOM_INIT = "none"  # IMGSEARCH_CLIP_PRETRAINED=none: random weights (benchmarks only)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a collection records about the model that built it.
+
+    ``weights`` is what the user named (tag, path, URI); ``digest`` identifies the actual
+    weights (sha256 prefix of the checkpoint file, or the tag), so two paths to the same
+    file match and a retrained file at the same path does not.
+    """
+
+    name: str
+    weights: str
+    digest: str
+    dim: int
+
+    def label(self) -> str:
+        return f"{self.name} ({self.weights}, {self.dim}-d, {self.digest})"
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> cuda if available, else mps, else cpu."""
+    import torch
+
+    if device != "auto":
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r} requested but CUDA is not available here")
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def file_digest(path: Path) -> str:
+    """sha256 prefix of a checkpoint file (streamed: checkpoints can be GBs)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def resolve_weights(model_name: str, pretrained: str, settings: Settings) -> tuple[str | None, str, str]:
+    """(value for open_clip's ``pretrained``, weights label, digest) for a model + pretrained."""
+    if reference.is_reference(model_name, pretrained):
+        path = reference.reference_checkpoint(settings.cache_dir)
+        return str(path), reference.REFERENCE_TAG, reference.weights_digest()
+    if model_name.startswith(("hf-hub:", "local-dir:")):
+        return None, model_name, model_name
+    if not pretrained:
+        raise ConfigError(
+            f"IMGSEARCH_CLIP_PRETRAINED is empty for model {model_name!r}: give a pretrained tag "
+            f"(see open_clip.list_pretrained()), a checkpoint path or an s3:// URI "
+            f"(or '{RANDOM_INIT}' for random weights, benchmarks only)")
+    if pretrained == RANDOM_INIT:
+        return None, RANDOM_INIT, "random-init-seed0"
+    if pretrained.startswith("s3://"):
+        path = download_checkpoint(pretrained, settings)
+        return str(path), pretrained, file_digest(path)
+    path = Path(pretrained).expanduser()
+    if path.is_file():
+        return str(path), pretrained, file_digest(path)
+    if "/" in pretrained or pretrained.endswith((".pt", ".bin", ".safetensors", ".pth")):
+        raise ConfigError(f"checkpoint file not found: {pretrained}")
+    return pretrained, pretrained, pretrained  # a tag: open_clip resolves (needs its cache offline)
+
+
+def download_checkpoint(uri: str, settings: Settings) -> Path:
+    """Fetch an ``s3://`` checkpoint into the model cache once (keyed by URI and ETag)."""
+    from common.sources import s3_client, split_s3_uri
+
+    bucket, key = split_s3_uri(uri)
+    client = s3_client(settings)
+    try:
+        etag = client.head_object(Bucket=bucket, Key=key)["ETag"].strip('"')
+    except Exception as exc:
+        raise ConfigError(f"cannot read checkpoint {uri}: {exc}") from exc
+    tag = hashlib.sha256(f"{uri}@{etag}".encode()).hexdigest()[:16]
+    target = settings.cache_dir / "checkpoints" / "s3" / f"{tag}-{Path(key).name}"
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(target.suffix + ".part")
+        client.download_file(bucket, key, str(tmp))
+        tmp.replace(target)
+    return target
+
+
+class ClipModel:
+    """A loaded open_clip model with its preprocess and tokenizer. Thread-safe to call."""
+
+    def __init__(self, model, preprocess, tokenizer, spec: ModelSpec, device: str):
+        self.model = model
+        self.preprocess = preprocess
+        self.tokenizer = tokenizer
+        self.spec = spec
+        self.device = device
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, model_name: str, pretrained: str, settings: Settings) -> "ClipModel":
+        """Load weights once; raise :class:`ConfigError` with a useful message when impossible."""
+        import open_clip
+        import torch
+
+        _quiet_transformers()
+        reference.register_config(settings.cache_dir)
+        ckpt, label, digest = resolve_weights(model_name, pretrained, settings)
+        device = resolve_device(settings.device)
+        torch.manual_seed(0)  # random-init benchmarks get the same weights every run
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                model_name, pretrained=ckpt, device=device, pretrained_text=False)
+        except RuntimeError as exc:
+            raise ConfigError(f"cannot load CLIP model {model_name!r} with weights {label!r}: {exc}. "
+                              "Offline machines need a local checkpoint path or s3:// URI.") from exc
+        model.eval()
+        tokenizer = open_clip.get_tokenizer(model_name)
+        with torch.inference_mode():
+            dim = int(model.encode_text(tokenizer(["probe"]).to(device)).shape[-1])
+        spec = ModelSpec(model_name, label, digest, dim)
+        log.info("loaded CLIP model", extra={"model": spec.label(), "device": device})
+        return cls(model, preprocess, tokenizer, spec, device)
+
+    def preprocess_images(self, images: Sequence[Image.Image]):
+        """PIL images -> one (N, 3, H, W) float tensor on the CPU (pinned when going to CUDA)."""
+        import torch
+
+        batch = torch.stack([self.preprocess(img) for img in images])
+        return batch.pin_memory() if self.device.startswith("cuda") else batch
+
+    def encode_image_tensors(self, batch) -> np.ndarray:
+        """One forward pass over a preprocessed batch -> (N, d) L2-normalised float32."""
+        import torch
+
+        with self._lock, torch.inference_mode(), self._autocast():
+            feats = self.model.encode_image(batch.to(self.device, non_blocking=True))
+            feats = torch.nn.functional.normalize(feats.float(), dim=-1)
+        return feats.cpu().numpy().astype(np.float32)
+
+    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """PIL images -> (N, d) L2-normalised float32, in one forward pass."""
+        if not images:
+            return np.zeros((0, self.spec.dim), dtype=np.float32)
+        return self.encode_image_tensors(self.preprocess_images(images))
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Texts -> (N, d) L2-normalised float32, in one forward pass."""
+        import torch
+
+        if not texts:
+            return np.zeros((0, self.spec.dim), dtype=np.float32)
+        tokens = self.tokenizer(list(texts)).to(self.device)
+        with self._lock, torch.inference_mode(), self._autocast():
+            feats = self.model.encode_text(tokens)
+            feats = torch.nn.functional.normalize(feats.float(), dim=-1)
+        return feats.cpu().numpy().astype(np.float32)
+
+    def _autocast(self):
+        import contextlib
+
+        import torch
+
+        if self.device.startswith("cuda"):
+            return torch.autocast("cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
+
+
+_cache: dict[tuple, ClipModel] = {}
+_cache_lock = threading.Lock()
+
+
+def load_clip(model_name: str, pretrained: str, settings: Settings) -> ClipModel:
+    """Process-wide model cache: each (model, weights, device) loads once per process."""
+    if reference.is_reference(model_name, pretrained):
+        pretrained = reference.REFERENCE_TAG  # "" and the tag name the same weights
+    key = (model_name, pretrained, settings.device, str(settings.cache_dir))
+    with _cache_lock:
+        if key not in _cache:
+            _cache[key] = ClipModel.load(model_name, pretrained, settings)
+        return _cache[key]
+
+
+def _quiet_transformers() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:  # open_clip without an HF text tower does not need transformers
+        pass

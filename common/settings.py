@@ -1,0 +1,148 @@
+"""One settings object for the whole system, read from ``IMGSEARCH_*`` environment variables.
+
+Every knob lives here so that the CLI, the workers and the docs agree on names and
+defaults; ``imgsearch config`` prints the effective values with secrets masked. The
+README's configuration table is generated from :data:`FIELDS` by hand: keep both in step
+(a test compares them).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from common.errors import ConfigError
+
+PREFIX = "IMGSEARCH_"
+
+
+def default_data_dir() -> Path:
+    """Per-user data directory (XDG on Linux, the usual places elsewhere)."""
+    if os.name == "nt":  # pragma: no cover - not exercised here
+        base = Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local"))
+    elif os.uname().sysname == "Darwin":  # pragma: no cover
+        base = Path.home() / "Library" / "Application Support"
+    else:
+        base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return base / "imgsearch"
+
+
+def _secret(help_text: str) -> dict:
+    return {"help": help_text, "secret": True}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Effective configuration. Build with :meth:`from_env`; never mutate (use ``replace``)."""
+
+    data_dir: Path = field(default_factory=default_data_dir, metadata={
+        "help": "Where embedded state lives: Milvus Lite database, model cache, dead letters."})
+    model_cache_dir: str = field(default="", metadata={
+        "help": "Model cache (assembled/downloaded checkpoints). Empty: <data dir>/models."})
+    milvus_uri: str = field(default="", metadata={
+        "help": "Milvus server URI (http://host:19530). Empty: Milvus Lite file in the data dir."})
+    milvus_token: str = field(default="", metadata=_secret("Milvus token (user:password)."))
+    collection: str = field(default="images", metadata={
+        "help": "Alias that callers search; the physical collection is <alias>_v<N>."})
+    redis_url: str = field(default="", metadata={
+        "help": "Redis URL. Set: distributed mode (later issues). Empty: embedded mode."})
+    s3_endpoint_url: str = field(default="", metadata={
+        "help": "S3-compatible endpoint (MinIO, SeaweedFS). Empty: AWS default."})
+    s3_region: str = field(default="us-east-1", metadata={"help": "S3 region."})
+    s3_access_key: str = field(default="", metadata=_secret(
+        "S3 access key. Empty: boto3's usual chain (AWS_* env, ~/.aws)."))
+    s3_secret_key: str = field(default="", metadata=_secret("S3 secret key."))
+    clip_model: str = field(default="imgsearch-fmnist-lit-minilm", metadata={
+        "help": "open_clip model name (ViT-B-32, ...); default is the bundled test/demo model."})
+    clip_pretrained: str = field(default="", metadata={
+        "help": "Pretrained tag (laion2b_s34b_b79k), checkpoint path or s3:// URI. "
+                "Empty: the bundled weights of the default model."})
+    device: str = field(default="auto", metadata={
+        "help": "auto (cuda if available, else cpu), cpu, cuda, cuda:1, mps."})
+    batch_size: int = field(default=64, metadata={"help": "Images per encoder forward pass."})
+    fetch_workers: int = field(default=8, metadata={
+        "help": "Concurrent fetches inside one batch."})
+    max_image_bytes: int = field(default=50 * 1024 * 1024, metadata={
+        "help": "Larger files are refused (reason too_large) before decoding."})
+    max_image_pixels: int = field(default=100_000_000, metadata={
+        "help": "Images with more pixels are refused (reason too_many_pixels): "
+                "decompression-bomb guard."})
+    log_level: str = field(default="WARNING", metadata={"help": "Python logging level."})
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+        """Read ``IMGSEARCH_<FIELD>`` variables; explicit ``overrides`` win. Bad values raise."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(PREFIX + f.name.upper())
+            if raw is None or raw == "" and f.type in ("int", "Path"):
+                continue
+            values[f.name] = _parse(f.name, f.type, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def with_overrides(self, **overrides: Any) -> "Settings":
+        """A copy with the given non-None values replaced, validated."""
+        new = replace(self, **{k: v for k, v in overrides.items() if v is not None})
+        new.validate()
+        return new
+
+    def validate(self) -> None:
+        """Reject values that would fail later in a less obvious way."""
+        for name in ("batch_size", "fetch_workers", "max_image_bytes", "max_image_pixels"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{PREFIX}{name.upper()} must be >= 1, got {getattr(self, name)}")
+        if not self.collection.replace("_", "").isalnum() or not self.collection[0].isalpha():
+            raise ConfigError(
+                f"{PREFIX}COLLECTION must start with a letter and hold only letters, digits "
+                f"and _, got {self.collection!r}")
+        if self.device != "auto" and self.device.split(":")[0] not in ("cpu", "cuda", "mps"):
+            raise ConfigError(f"{PREFIX}DEVICE must be auto, cpu, cuda[:N] or mps, got {self.device!r}")
+
+    @property
+    def cache_dir(self) -> Path:
+        """Model cache: assembled and downloaded checkpoints, generated configs."""
+        return Path(self.model_cache_dir).expanduser() if self.model_cache_dir else self.data_dir / "models"
+
+    @property
+    def embedded(self) -> bool:
+        """True when no Redis is configured: stages run in-process."""
+        return not self.redis_url
+
+    def effective_milvus_uri(self) -> str:
+        """The Milvus server URI, or the Milvus Lite database file in the data dir."""
+        return self.milvus_uri or str(self.data_dir / "milvus.db")
+
+    def describe(self) -> list[tuple[str, str, str]]:
+        """(env var, value with secrets masked, help) for every setting."""
+        rows = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            shown = str(value)
+            if f.metadata.get("secret") and value:
+                shown = "****"
+            elif "://" in shown and "@" in shown:  # credentials inside a URL
+                scheme, rest = shown.split("://", 1)
+                shown = f"{scheme}://****@{rest.rsplit('@', 1)[1]}"
+            rows.append((PREFIX + f.name.upper(), shown, f.metadata.get("help", "")))
+        return rows
+
+
+def _parse(name: str, type_name: str, raw: str) -> Any:
+    if type_name == "int":
+        try:
+            return int(raw.replace("_", ""))
+        except ValueError:
+            raise ConfigError(f"{PREFIX}{name.upper()} must be an integer, got {raw!r}") from None
+    if type_name == "Path":
+        return Path(raw).expanduser()
+    return raw.strip()
+
+
+FIELDS = [f.name for f in fields(Settings)]

@@ -1,0 +1,224 @@
+"""The Milvus store: the ``images`` collection of DESIGN.md behind a small API.
+
+Physical collections are versioned (``images_v1``) and reached through an alias
+(``images``), so a later model migration can build ``images_v2`` and swap the alias with
+no downtime. The collection records the model that built it (name, weights, digest,
+dimension) in its properties, and refuses vectors from any other model.
+
+Works against Milvus Lite (a file) and Milvus server (a URI) alike.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.errors import CollectionNotFoundError, ModelMismatchError
+from common.models.clip import ModelSpec
+from common.settings import Settings
+
+log = logging.getLogger(__name__)
+
+PHASH_DIM = 64
+URI_MAX = 4096
+# Milvus rejects requests over 64 MB; 512 rows of a 1024-d vector plus strings stay far below.
+UPSERT_ROWS = 512
+QUERY_IDS = 1000
+
+SCALAR_FIELDS = ["id", "uri", "etag", "source", "width", "height", "bytes", "mime",
+                 "indexed_at", "model"]
+PROP_PREFIX = "imgsearch."
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result, best first."""
+
+    id: int
+    uri: str
+    score: float
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "uri": self.uri, "score": round(float(self.score), 6)}
+
+
+class _LiteUnimplementedFilter(logging.Filter):
+    """Milvus Lite's in-process gRPC server logs a traceback for RPCs it does not implement
+    (pymilvus probes ``AllocTimestamp`` after creating an index and copes with the answer).
+    Those records are noise to an operator; every other server record passes through."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Method not implemented" not in record.getMessage()
+
+
+_clients: dict[str, object] = {}
+_clients_lock = threading.Lock()
+
+
+def milvus_client(settings: Settings):
+    """One MilvusClient per URI per process (Milvus Lite allows one process per file)."""
+    from pymilvus import MilvusClient
+
+    uri = settings.effective_milvus_uri()
+    with _clients_lock:
+        if uri not in _clients:
+            if not settings.milvus_uri:
+                Path(uri).parent.mkdir(parents=True, exist_ok=True)
+                grpc_log = logging.getLogger("grpc._server")
+                if not any(isinstance(f, _LiteUnimplementedFilter) for f in grpc_log.filters):
+                    grpc_log.addFilter(_LiteUnimplementedFilter())
+            kwargs = {"token": settings.milvus_token} if settings.milvus_token else {}
+            _clients[uri] = MilvusClient(uri, **kwargs)
+        return _clients[uri]
+
+
+def close_clients() -> None:
+    """Close every cached client (tests and CLI exit: releases the Lite file lock)."""
+    with _clients_lock:
+        for client in _clients.values():
+            try:
+                client.close()
+            except Exception:  # closing is best effort
+                pass
+        _clients.clear()
+
+
+class ImageStore:
+    """The ``images`` collection reached through ``alias``."""
+
+    def __init__(self, settings: Settings, alias: str | None = None):
+        self.settings = settings
+        self.alias = alias or settings.collection
+        self.client = milvus_client(settings)
+
+    # -- collection lifecycle -------------------------------------------------------------
+    def physical_name(self) -> str | None:
+        """The versioned collection behind the alias, or None when nothing exists yet."""
+        try:
+            info = self.client.describe_alias(self.alias)
+        except Exception:
+            return None
+        return info.get("collection_name") if info else None
+
+    def exists(self) -> bool:
+        return self.physical_name() is not None
+
+    def model_spec(self) -> ModelSpec:
+        """The model this collection was built with (raises if nothing is indexed yet)."""
+        name = self.physical_name()
+        if name is None:
+            raise CollectionNotFoundError(
+                f"collection {self.alias!r} does not exist in {self.settings.effective_milvus_uri()}: "
+                "run `imgsearch ingest SOURCE` (or `imgsearch demo`) first")
+        props = self.client.describe_collection(name).get("properties", {})
+        try:
+            return ModelSpec(props[PROP_PREFIX + "model"], props[PROP_PREFIX + "weights"],
+                             props[PROP_PREFIX + "digest"], int(props[PROP_PREFIX + "dim"]))
+        except KeyError as exc:
+            raise ModelMismatchError(f"collection {name} records no model ({exc} missing)") from None
+
+    def ensure(self, spec: ModelSpec) -> str:
+        """Create ``<alias>_v1`` + alias for ``spec``, or check the existing one matches."""
+        name = self.physical_name()
+        if name is not None:
+            recorded = self.model_spec()
+            if (recorded.name, recorded.digest, recorded.dim) != (spec.name, spec.digest, spec.dim):
+                raise ModelMismatchError(
+                    f"collection {self.alias!r} ({name}) was built with {recorded.label()}, "
+                    f"not {spec.label()}. Use that model (IMGSEARCH_CLIP_MODEL / "
+                    "IMGSEARCH_CLIP_PRETRAINED) or another IMGSEARCH_COLLECTION.")
+            return name
+        name = self._next_version_name()
+        self._create(name, spec)
+        self.client.create_alias(name, self.alias)
+        return name
+
+    def _next_version_name(self) -> str:
+        existing = set(self.client.list_collections())
+        version = 1
+        while f"{self.alias}_v{version}" in existing:
+            version += 1
+        return f"{self.alias}_v{version}"
+
+    def _create(self, name: str, spec: ModelSpec) -> None:
+        from pymilvus import DataType, MilvusClient
+
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("id", DataType.INT64, is_primary=True)
+        schema.add_field("uri", DataType.VARCHAR, max_length=URI_MAX)
+        schema.add_field("etag", DataType.VARCHAR, max_length=256)
+        schema.add_field("source", DataType.VARCHAR, max_length=URI_MAX)
+        schema.add_field("width", DataType.INT32)
+        schema.add_field("height", DataType.INT32)
+        schema.add_field("bytes", DataType.INT64)
+        schema.add_field("mime", DataType.VARCHAR, max_length=64)
+        schema.add_field("indexed_at", DataType.INT64)
+        schema.add_field("model", DataType.VARCHAR, max_length=512)
+        schema.add_field("clip", DataType.FLOAT_VECTOR, dim=spec.dim)
+        schema.add_field("phash", DataType.FLOAT_VECTOR, dim=PHASH_DIM)
+        index = self.client.prepare_index_params()
+        index.add_index("clip", index_type="AUTOINDEX", metric_type="IP")
+        index.add_index("phash", index_type="AUTOINDEX", metric_type="IP")
+        self.client.create_collection(name, schema=schema, index_params=index)
+        self.client.alter_collection_properties(name, properties={
+            PROP_PREFIX + "model": spec.name, PROP_PREFIX + "weights": spec.weights,
+            PROP_PREFIX + "digest": spec.digest, PROP_PREFIX + "dim": str(spec.dim)})
+
+    # -- rows ---------------------------------------------------------------------------
+    def upsert(self, rows: Sequence[dict]) -> int:
+        """Insert-or-replace rows by id, in chunks that stay under Milvus' request limit."""
+        for start in range(0, len(rows), UPSERT_ROWS):
+            self.client.upsert(self.alias, list(rows[start:start + UPSERT_ROWS]))
+        return len(rows)
+
+    def existing(self, ids: Iterable[int]) -> dict[int, dict]:
+        """id -> {etag, model} for the given ids that are already indexed."""
+        ids = list(ids)
+        found: dict[int, dict] = {}
+        for start in range(0, len(ids), QUERY_IDS):
+            chunk = ids[start:start + QUERY_IDS]
+            rows = self.client.query(self.alias, filter=f"id in {chunk}",
+                                     output_fields=["id", "etag", "model"])
+            found.update({int(r["id"]): r for r in rows})
+        return found
+
+    def count(self) -> int:
+        rows = self.client.query(self.alias, filter="", output_fields=["count(*)"])
+        return int(rows[0]["count(*)"])
+
+    def get(self, image_id: int, with_vector: bool = False) -> dict | None:
+        fields = SCALAR_FIELDS + (["clip"] if with_vector else [])
+        rows = self.client.query(self.alias, filter=f"id == {int(image_id)}", output_fields=fields)
+        return dict(rows[0]) if rows else None
+
+    def get_by_uri(self, uri: str, with_vector: bool = False) -> dict | None:
+        fields = SCALAR_FIELDS + (["clip"] if with_vector else [])
+        rows = self.client.query(self.alias, filter=f"uri == {quote_string(uri)}",
+                                 output_fields=fields, limit=1)
+        return dict(rows[0]) if rows else None
+
+    def search(self, vectors: Sequence[Sequence[float]], k: int, field: str = "clip",
+               exclude_ids: Sequence[int] = ()) -> list[list[Hit]]:
+        """Top-k by inner product for each query vector, best first."""
+        expr = f"id not in {[int(i) for i in exclude_ids]}" if exclude_ids else ""
+        results = self.client.search(self.alias, data=[list(map(float, v)) for v in vectors],
+                                     anns_field=field, limit=k, filter=expr,
+                                     output_fields=["uri"],
+                                     search_params={"metric_type": "IP"})
+        return [[Hit(int(r["id"]), r["entity"]["uri"], float(r["distance"])) for r in hits]
+                for hits in results]
+
+
+def quote_string(value: str) -> str:
+    """A Milvus string literal: backslashes and double quotes escaped, control chars refused."""
+    if any(ord(ch) < 32 for ch in value):
+        raise ValueError("control characters are not allowed in filter values")
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)

@@ -1,0 +1,154 @@
+"""Command line: ``imgsearch ingest | search | demo | config``.
+
+Exit codes: 0 success; 1 an error the message explains (bad source, model mismatch, no
+collection); 2 bad command-line usage; 3 ingest finished but some images failed (they
+are listed, and written to the dead-letter file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
+
+EPILOG = """\
+examples:
+  imgsearch demo                                 # offline: index bundled samples, run queries
+  imgsearch ingest ./photos                      # a folder (recursive)
+  imgsearch ingest s3://bucket/prefix            # S3 (IMGSEARCH_S3_ENDPOINT_URL for MinIO etc.)
+  imgsearch search --text "a red sneaker" -k 10 --json
+  imgsearch search --image query.jpg
+  imgsearch search --like 123456789              # an indexed image's id (or its URI)
+  imgsearch config                               # effective settings, secrets masked
+
+Settings come from IMGSEARCH_* environment variables (see `imgsearch config`).
+Exit codes: 0 ok, 1 error, 2 usage, 3 ingest done but some images failed.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imgsearch", description="Index images (folder or S3) with CLIP into Milvus and "
+        "search them by text, by image, or by an indexed image.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", type=Path, help="override IMGSEARCH_DATA_DIR")
+    parser.add_argument("--collection", help="override IMGSEARCH_COLLECTION (alias to use)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("ingest", help="index a folder or s3://bucket/prefix",
+                       description="Index every image under SOURCE. Unchanged images (same "
+                       "ETag/mtime and model) are skipped without model work. Files that are "
+                       "not valid images are reported with a reason, never silently dropped.")
+    p.add_argument("source", help="folder path, file:// URI or s3://bucket/prefix")
+    p.add_argument("--include", action="append", default=[], metavar="GLOB",
+                   help="only file names matching GLOB (repeatable, e.g. --include '*.jpg'); "
+                   "default: every non-hidden file")
+    p.add_argument("--batch-size", type=int, help="override IMGSEARCH_BATCH_SIZE")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
+    s = sub.add_parser("search", help="search by text, image or indexed image",
+                       description="Search the collection. Queries are encoded with the model "
+                       "the collection was built with. Exactly one of --text/--image/--like.")
+    q = s.add_mutually_exclusive_group(required=True)
+    q.add_argument("--text", help="a description, e.g. 'a red sneaker'")
+    q.add_argument("--image", type=Path, help="path of a query image")
+    q.add_argument("--like", metavar="ID", help="id (or URI) of an indexed image; it is left out")
+    s.add_argument("-k", type=int, default=10, help="number of results (1-1000, default 10)")
+    s.add_argument("--json", action="store_true",
+                   help='print [{"id", "uri", "score"}, ...], best first')
+
+    d = sub.add_parser("demo", help="offline demo: index bundled samples, run example queries",
+                       description="Indexes the bundled Fashion-MNIST samples with the bundled "
+                       "reference model into the data dir and runs example queries. The "
+                       "collection stays, so `imgsearch search` works right after.")
+    d.add_argument("--json", action="store_true", help="print results as JSON")
+    d.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
+    sub.add_parser("config", help="print effective settings (secrets masked)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing downloads weights at run time
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from common.errors import ImgsearchError
+    from common.logs import setup_logging
+    from common.settings import Settings
+
+    try:
+        settings = Settings.from_env(data_dir=args.data_dir, collection=args.collection)
+        if getattr(args, "batch_size", None) is not None:
+            settings = settings.with_overrides(batch_size=args.batch_size)
+        setup_logging(settings.log_level)
+        return COMMANDS[args.command](args, settings)
+    except ImgsearchError as exc:
+        print(f"imgsearch: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("imgsearch: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        from common.store import close_clients
+
+        close_clients()
+
+
+def cmd_ingest(args, settings) -> int:
+    from ingest.runner import run_ingest
+
+    summary = run_ingest(args.source, settings, tuple(args.include),
+                         progress=not args.no_progress and sys.stderr.isatty())
+    if args.json:
+        print(json.dumps(summary.to_dict(), indent=2))
+    else:
+        print(summary.render())
+    return EXIT_PARTIAL if summary.failed else EXIT_OK
+
+
+def cmd_search(args, settings) -> int:
+    from query.search import SearchService
+
+    service = SearchService(settings)
+    if args.text is not None:
+        hits = service.search_text(args.text, args.k)
+    elif args.image is not None:
+        hits = service.search_image(args.image, args.k)
+    else:
+        hits = service.search_like(args.like, args.k)
+    print_hits(hits, args.json)
+    return EXIT_OK
+
+
+def print_hits(hits, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps([h.to_dict() for h in hits], indent=2))
+        return
+    if not hits:
+        print("no results")
+    for rank, hit in enumerate(hits, 1):
+        print(f"{rank:>3}  {hit.score:7.4f}  {hit.id:>20}  {hit.uri}")
+
+
+def cmd_demo(args, settings) -> int:
+    from imgsearch.demo import run_demo
+
+    return run_demo(settings, as_json=args.json, progress=not args.no_progress and sys.stderr.isatty())
+
+
+def cmd_config(args, settings) -> int:
+    rows = settings.describe()
+    width = max(len(name) for name, _, _ in rows)
+    for name, value, help_text in rows:
+        print(f"{name:<{width}}  {value or '(empty)'}\n{'':<{width}}    {help_text}")
+    print(f"\nmode: {'embedded' if settings.embedded else 'distributed'}; "
+          f"milvus: {settings.effective_milvus_uri() if not settings.milvus_uri else '(server)'}")
+    return EXIT_OK
+
+
+COMMANDS = {"ingest": cmd_ingest, "search": cmd_search, "demo": cmd_demo, "config": cmd_config}

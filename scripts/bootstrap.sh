@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Create .venv and install imgsearch with everything tests need. Idempotent and offline
+# apart from the package registries. torch and torchvision are installed together first,
+# pinned, so pip never picks a torchvision that does not match torch.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+stamp="$VENV/.imgsearch-installed"
+want=$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-16)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    exit 0
+fi
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+"$VENV/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+echo "installing torch 2.14.1 + torchvision 0.29.1 (large; from local disk where available)..." >&2
+"$VENV/bin/python" -m pip install -q torch==2.14.1 torchvision==0.29.1 2>&1 | grep -v "^WARNING: Location" || true
+"$VENV/bin/python" -m pip install -q -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
+"$VENV/bin/python" -c "import torch, torchvision, open_clip, pymilvus, imgsearch" \
+    || { echo "bootstrap: install is incomplete (see pip output above)" >&2; exit 1; }
+echo "$want" > "$stamp"

@@ -1,0 +1,92 @@
+"""The command line, run as a user runs it: real subprocesses, exit codes, JSON output."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from imgsearch.demo import SAMPLES_DIR
+
+
+def run(args, data_dir, model_cache, **env_extra) -> subprocess.CompletedProcess:
+    env = {**os.environ, "IMGSEARCH_DATA_DIR": str(data_dir),
+           "IMGSEARCH_MODEL_CACHE_DIR": str(model_cache), "HF_HUB_OFFLINE": "1", **env_extra}
+    return subprocess.run([sys.executable, "-m", "imgsearch", *args], capture_output=True, text=True,
+                          env=env, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory, model_cache):
+    data = tmp_path_factory.mktemp("demo")
+    proc = run(["demo", "--json"], data, model_cache)
+    assert proc.returncode == 0, proc.stderr
+    return data, json.loads(proc.stdout)
+
+
+def test_demo_indexes_the_samples_and_answers_well(demo_dir):
+    _, report = demo_dir
+    assert report["ingest"]["indexed"] == 200 and report["ingest"]["failed"] == 0
+    precisions = [q["precision_at_10"] for q in report["queries"]]
+    assert len(precisions) == 6 and sum(precisions) / len(precisions) >= 0.6
+
+
+def test_search_after_demo_uses_its_collection(demo_dir, model_cache):
+    data, _ = demo_dir
+    proc = run(["search", "--text", "a red sneaker", "-k", "10", "--json"], data, model_cache)
+    assert proc.returncode == 0, proc.stderr
+    hits = json.loads(proc.stdout)
+    assert len(hits) == 10 and set(hits[0]) == {"id", "uri", "score"}
+    assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+    assert all(h["uri"].startswith(SAMPLES_DIR.as_uri()) for h in hits)
+    assert sum("/sneaker/" in h["uri"] for h in hits) >= 6
+
+    like = run(["search", "--like", str(hits[0]["id"]), "-k", "5", "--json"], data, model_cache)
+    assert like.returncode == 0, like.stderr
+    assert hits[0]["id"] not in {h["id"] for h in json.loads(like.stdout)}
+
+    image = run(["search", "--image", str(sorted((SAMPLES_DIR / "bag").glob("*.png"))[0]), "-k", "3"],
+                data, model_cache)
+    assert image.returncode == 0 and "/bag/" in image.stdout.splitlines()[0]
+
+
+def test_second_demo_run_skips_unchanged(demo_dir, model_cache):
+    data, _ = demo_dir
+    proc = run(["demo", "--json"], data, model_cache)
+    report = json.loads(proc.stdout)
+    assert (report["ingest"]["indexed"], report["ingest"]["unchanged"]) == (0, 200)
+
+
+def test_errors_are_clear_and_exit_codes_distinct(tmp_path, model_cache):
+    none = run(["search", "--text", "shoe"], tmp_path / "empty", model_cache)
+    assert none.returncode == 1 and "run `imgsearch ingest" in none.stderr
+    assert "Traceback" not in none.stderr
+
+    missing = run(["ingest", str(tmp_path / "nope")], tmp_path / "d", model_cache)
+    assert missing.returncode == 1 and "folder not found" in missing.stderr
+
+    usage = run(["search"], tmp_path / "d", model_cache)
+    assert usage.returncode == 2
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "ok.png").write_bytes(next(SAMPLES_DIR.glob("coat/*.png")).read_bytes())
+    (folder / "bad.jpg").write_bytes(b"")
+    partial = run(["ingest", str(folder), "--json"], tmp_path / "d", model_cache)
+    assert partial.returncode == 3, partial.stderr
+    summary = json.loads(partial.stdout)
+    assert (summary["indexed"], summary["failed"], summary["failure_reasons"]) == (1, 1, {"empty": 1})
+
+    bad_env = run(["config"], tmp_path / "d", model_cache, IMGSEARCH_BATCH_SIZE="many")
+    assert bad_env.returncode == 1 and "IMGSEARCH_BATCH_SIZE must be an integer" in bad_env.stderr
+
+
+def test_config_masks_secrets_and_help_teaches(tmp_path, model_cache):
+    proc = run(["config"], tmp_path, model_cache, IMGSEARCH_S3_SECRET_KEY="s3cr3t-value")
+    assert proc.returncode == 0 and "IMGSEARCH_S3_SECRET_KEY" in proc.stdout
+    assert "s3cr3t-value" not in proc.stdout
+    helped = run(["--help"], tmp_path, model_cache)
+    assert helped.returncode == 0 and "examples:" in helped.stdout and "Exit codes" in helped.stdout
