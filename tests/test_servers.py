@@ -141,3 +141,29 @@ def test_given_data_dir_is_kept_and_reusable(tmp_path: Path):
             client.create_bucket(Bucket="kept")
     assert sorted(p.name for p in (tmp_path / "s3").iterdir()) == ["run0", "run1"]
     assert (tmp_path / "s3" / "run1" / "server.log").stat().st_size > 0
+
+
+@integration
+def test_redis_server_serves_and_restarts():
+    from tests.servers import RedisServer
+
+    with RedisServer(appendonly=True) as server:
+        client = server.client()
+        client.set("k", "v")
+        client.connection_pool.disconnect()
+        server.restart()
+        assert server.client().get("k") == b"v"
+
+
+@integration
+def test_milvus_lite_server_is_shared_over_grpc():
+    from pymilvus import MilvusClient
+
+    from tests.servers import MilvusLiteServer
+
+    with MilvusLiteServer() as server:
+        a, b = MilvusClient(uri=server.uri), MilvusClient(uri=server.uri)
+        a.create_collection("c", dimension=4)
+        assert "c" in b.list_collections()
+        a.close()
+        b.close()
