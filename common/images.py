@@ -74,7 +74,9 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> DecodedImage:
             raise ImageError("too_many_pixels", str(exc)) from None
         except OSError as exc:
             text = str(exc)
-            reason = "truncated" if "truncated" in text or "broken data stream" in text else "undecodable"
+            # Pillow says "image file is truncated" when the data ends early; "broken data
+            # stream" is a complete file with corrupt compressed data.
+            reason = "truncated" if "truncated" in text else "undecodable"
             raise ImageError(reason, f"cannot decode {fmt} data: {text}") from None
         except Exception as exc:
             raise ImageError("undecodable", f"cannot decode {fmt} data: {exc}") from None

@@ -73,9 +73,10 @@ def s3_settings(make_settings, s3_server):
     """Settings pointing at the test S3 server (keys passed the way operators pass them)."""
 
     def make(**overrides) -> Settings:
-        return make_settings(s3_endpoint_url=s3_server.endpoint_url, s3_region=s3_server.region,
-                             s3_access_key=s3_server.access_key, s3_secret_key=s3_server.secret_key,
-                             **overrides)
+        base = {"s3_endpoint_url": s3_server.endpoint_url, "s3_region": s3_server.region,
+                "s3_access_key": s3_server.access_key, "s3_secret_key": s3_server.secret_key}
+        base.update(overrides)
+        return make_settings(**base)
 
     return make
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
 from pathlib import Path
 
@@ -104,7 +105,15 @@ def reference_checkpoint(cache_dir: Path) -> Path:
 
         # Build the architecture with the text tower's own (MiniLM) weights, then put the
         # trained image tower in: the result is the complete state dict open_clip expects.
-        model = open_clip.create_model(REFERENCE_MODEL, pretrained=None, pretrained_text=True)
+        # open_clip warns "initialized partially" here, which is exactly what is meant (the
+        # image tower comes next); keep that out of users' terminals.
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)
+        try:
+            model = open_clip.create_model(REFERENCE_MODEL, pretrained=None, pretrained_text=True)
+        finally:
+            root.setLevel(level)
         missing, unexpected = model.visual.load_state_dict(load_file(str(VISUAL_WEIGHTS)), strict=True)
         del missing, unexpected
         state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
