@@ -149,7 +149,8 @@ class SearchClient(_Base):
 
     def __init__(self, redis_url: str | None = None, settings: Settings | None = None):
         super().__init__(redis_url, settings)
-        self.redis = redis.Redis.from_url(self.redis_url)
+        # Blocking reads wait up to the request timeout: no socket timeout below that.
+        self.redis = redis.Redis.from_url(self.redis_url, socket_timeout=None, socket_connect_timeout=5)
 
     def search(self, text: str | None = None, image: bytes | str | Path | None = None,
                like: int | str | None = None, k: int = 10, filters: Sequence[Filter | dict] | None = None,
@@ -191,7 +192,7 @@ class AsyncSearchClient(_Base):
 
     def __init__(self, redis_url: str | None = None, settings: Settings | None = None):
         super().__init__(redis_url, settings)
-        self.redis = aioredis.Redis.from_url(self.redis_url)
+        self.redis = aioredis.Redis.from_url(self.redis_url, socket_timeout=None, socket_connect_timeout=5)
 
     async def search(self, text: str | None = None, image: bytes | str | Path | None = None,
                      like: int | str | None = None, k: int = 10, filters: Sequence[Filter | dict] | None = None,
