@@ -72,6 +72,29 @@ class Settings:
                 "decompression-bomb guard."})
     log_level: str = field(default="WARNING", metadata={"help": "Python logging level."})
 
+    # --- query over Redis (issue 4: query worker, client, gateway) -------------------------
+    query_stream: str = field(default="imgsearch:query", metadata={
+        "help": "Redis stream that search requests are added to (consumer group below)."})
+    query_group: str = field(default="query-workers", metadata={
+        "help": "Consumer group of the query workers on the stream (they share its load)."})
+    query_reply_ttl_s: int = field(default=60, metadata={
+        "help": "Seconds a reply waits in Redis for its caller before it expires."})
+    query_claim_timeout_ms: int = field(default=10_000, metadata={
+        "help": "A request held this long by a worker that does not answer (died) is claimed "
+                "by another worker."})
+    query_max_batch: int = field(default=32, metadata={
+        "help": "Most requests a query worker encodes and searches together."})
+    query_max_wait_ms: int = field(default=2, metadata={
+        "help": "Under load, how long a worker waits to fill a batch (0: take what is queued)."})
+    query_timeout_ms: int = field(default=10_000, metadata={
+        "help": "Default time a client waits for its answer (the request's deadline)."})
+    query_max_image_bytes: int = field(default=10 * 1024 * 1024, metadata={
+        "help": "Largest query image (bytes) accepted in a request or a gateway upload."})
+    gateway_host: str = field(default="127.0.0.1", metadata={"help": "Address `imgsearch serve` binds."})
+    gateway_port: int = field(default=8080, metadata={"help": "Port `imgsearch serve` listens on."})
+    gateway_api_key: str = field(default="", metadata=_secret(
+        "API key the gateway requires in the X-API-Key header. Empty: no auth."))
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
         """Read ``IMGSEARCH_<FIELD>`` variables; explicit ``overrides`` win. Bad values raise."""
@@ -104,6 +127,7 @@ class Settings:
                 f"and _, got {self.collection!r}")
         if self.device != "auto" and self.device.split(":")[0] not in ("cpu", "cuda", "mps"):
             raise ConfigError(f"{PREFIX}DEVICE must be auto, cpu, cuda[:N] or mps, got {self.device!r}")
+        _validate_query(self)
 
     @property
     def cache_dir(self) -> Path:
@@ -132,6 +156,18 @@ class Settings:
                 shown = f"{scheme}://****@{rest.rsplit('@', 1)[1]}"
             rows.append((PREFIX + f.name.upper(), shown, f.metadata.get("help", "")))
         return rows
+
+
+def _validate_query(settings: "Settings") -> None:
+    """Checks for the query block (issue 4), kept apart so the blocks merge cleanly."""
+    for name in ("query_reply_ttl_s", "query_claim_timeout_ms", "query_max_batch", "query_timeout_ms",
+                 "query_max_image_bytes", "gateway_port"):
+        if getattr(settings, name) < 1:
+            raise ConfigError(f"{PREFIX}{name.upper()} must be >= 1, got {getattr(settings, name)}")
+    if settings.query_max_wait_ms < 0:
+        raise ConfigError(f"{PREFIX}QUERY_MAX_WAIT_MS must be >= 0, got {settings.query_max_wait_ms}")
+    if not settings.query_stream or not settings.query_group:
+        raise ConfigError(f"{PREFIX}QUERY_STREAM and {PREFIX}QUERY_GROUP must not be empty")
 
 
 def _parse(name: str, type_name: str, raw: str) -> Any:

@@ -219,9 +219,14 @@ class ImageStore:
         return dict(rows[0]) if rows else None
 
     def search(self, vectors: Sequence[Sequence[float]], k: int, field: str = "clip",
-               exclude_ids: Sequence[int] = ()) -> list[list[Hit]]:
-        """Top-k by inner product for each query vector, best first."""
+               exclude_ids: Sequence[int] = (), filter_expr: str = "") -> list[list[Hit]]:
+        """Top-k by inner product for each query vector, best first.
+
+        ``filter_expr`` must come from our own compiler (``query.filters``), never from a caller.
+        """
         expr = f"id not in {[int(i) for i in exclude_ids]}" if exclude_ids else ""
+        if filter_expr:
+            expr = f"({expr}) and ({filter_expr})" if expr else filter_expr
         results = self.client.search(self.alias, data=[list(map(float, v)) for v in vectors],
                                      anns_field=field, limit=k, filter=expr,
                                      output_fields=["uri"],

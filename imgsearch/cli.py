@@ -13,6 +13,8 @@ import os
 import sys
 from pathlib import Path
 
+from imgsearch import cli_query
+
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 
 EPILOG = """\
@@ -61,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-k", type=int, default=10, help="number of results (1-1000, default 10)")
     s.add_argument("--json", action="store_true",
                    help='print [{"id", "uri", "score"}, ...], best first')
+    cli_query.add_search_options(s)
 
     d = sub.add_parser("demo", help="offline demo: index bundled samples, run example queries",
                        description="Indexes the bundled Fashion-MNIST samples with the bundled "
@@ -70,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
     sub.add_parser("config", help="print effective settings (secrets masked)")
+    cli_query.add_parsers(sub)
     return parser
 
 
@@ -112,16 +116,9 @@ def cmd_ingest(args, settings) -> int:
 
 
 def cmd_search(args, settings) -> int:
-    from query.search import SearchService
-
-    service = SearchService(settings)
-    if args.text is not None:
-        hits = service.search_text(args.text, args.k)
-    elif args.image is not None:
-        hits = service.search_image(args.image, args.k)
-    else:
-        hits = service.search_like(args.like, args.k)
-    print_hits(hits, args.json)
+    # Through the query workers when Redis is configured, else in this process.
+    search = cli_query.search_via_queue if settings.redis_url else cli_query.search_in_process
+    print_hits(search(args, settings), args.json)
     return EXIT_OK
 
 
@@ -152,3 +149,4 @@ def cmd_config(args, settings) -> int:
 
 
 COMMANDS = {"ingest": cmd_ingest, "search": cmd_search, "demo": cmd_demo, "config": cmd_config}
+COMMANDS.update(cli_query.COMMANDS)

@@ -1,0 +1,195 @@
+"""Search latency and throughput: in-process vs through the Redis queue, in one run.
+
+Builds a collection of ``--vectors`` random unit vectors (the model's dimension) in a
+``milvus-lite server``, starts a real Redis and real ``imgsearch query-worker``
+subprocesses, then runs the same text queries
+
+- in-process: ``SearchService.search_text`` from N threads;
+- queue:      ``SearchClient.search`` from N threads, one worker (dynamic batching);
+
+at each concurrency of ``--concurrency`` (default 1, 8, 32), and finally the queue at
+``--batch-concurrency`` (default 16) with batching on vs ``query_max_batch=1``.
+Prints p50/p99 latency and QPS side by side; ``--record`` appends to bench/RESULTS.md.
+Not a test: nothing here asserts a speed.
+
+    python bench/query.py --vectors 100000 --record
+    python bench/query.py --pretrained none --vectors 20000     # random weights, any time
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import fields
+from datetime import UTC, datetime
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+from bench.encode import machine  # noqa: E402
+from common.models.clip import load_clip  # noqa: E402
+from common.settings import PREFIX, Settings  # noqa: E402
+from common.store import ImageStore  # noqa: E402
+from query.client import SearchClient  # noqa: E402
+from query.search import SearchService  # noqa: E402
+from tests.servers import MilvusLiteServer, RedisServer  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+PHRASES = ["a red sneaker", "warm winter coat", "a leather handbag", "summer dress", "ankle boots",
+           "denim trousers", "a knitted pullover", "beach sandals", "a plain t-shirt", "a formal shirt"]
+
+
+def build_collection(settings: Settings, n: int) -> None:
+    """``n`` random unit vectors with plausible scalar fields, recorded as built by the model."""
+    model = load_clip(settings.clip_model, settings.clip_pretrained, settings)
+    store = ImageStore(settings)
+    store.ensure(model.spec)
+    rng = np.random.default_rng(0)
+    chunk = 2048
+    for start in range(0, n, chunk):
+        vecs = rng.normal(size=(min(chunk, n - start), model.spec.dim)).astype(np.float32)
+        vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+        store.upsert([{"id": start + i, "uri": f"s3://bench/{start + i}.jpg", "etag": "e", "source": "s3://bench/",
+                       "width": 28, "height": 28, "bytes": 1000, "mime": "image/jpeg", "indexed_at": 0,
+                       "model": model.spec.name, "clip": v.tolist(), "phash": [1.0] * 64}
+                      for i, v in enumerate(vecs)])
+    print(f"collection: {store.count()} vectors of {model.spec.dim}-d", flush=True)
+
+
+def measure(search, concurrency: int, requests: int) -> dict:
+    """Closed loop: ``concurrency`` threads issue ``requests`` searches in total."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+    counter = iter(range(requests))
+
+    def loop() -> None:
+        while True:
+            with lock:
+                i = next(counter, None)
+            if i is None:
+                return
+            t0 = time.perf_counter()
+            search(PHRASES[i % len(PHRASES)])
+            dt = time.perf_counter() - t0
+            with lock:
+                latencies.append(dt)
+
+    for p in PHRASES[:3]:  # warm-up
+        search(p)
+    started = time.perf_counter()
+    threads = [threading.Thread(target=loop) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - started
+    lat = sorted(latencies)
+    return {"p50": statistics.median(lat) * 1000, "p99": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000,
+            "qps": len(lat) / wall}
+
+
+def env_for(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(PREFIX)}
+    env.update({PREFIX + f.name.upper(): str(getattr(settings, f.name)) for f in fields(settings)})
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+class Worker:
+    def __init__(self, settings: Settings, name: str):
+        self.proc = subprocess.Popen([sys.executable, "-m", "imgsearch", "query-worker", "--name", name],
+                                     env=env_for(settings), cwd=ROOT, start_new_session=True)
+        client = SearchClient(settings=settings)
+        until = time.monotonic() + 180
+        while name not in client.ready_workers():
+            if self.proc.poll() is not None or time.monotonic() > until:
+                raise SystemExit(f"worker {name} did not become ready")
+            time.sleep(0.1)
+        client.close()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--vectors", type=int, default=100_000)
+    parser.add_argument("--pretrained", default="", help="'' = bundled reference weights, 'none' = random")
+    parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--batch-concurrency", type=int, default=16)
+    parser.add_argument("--requests", type=int, default=300, help="searches per measurement")
+    parser.add_argument("-k", type=int, default=10)
+    parser.add_argument("--record", action="store_true", help="append the result to bench/RESULTS.md")
+    args = parser.parse_args()
+    levels = [int(c) for c in args.concurrency.split(",")]
+
+    with tempfile.TemporaryDirectory(prefix="imgsearch-qbench-") as tmp, RedisServer() as rs, \
+            MilvusLiteServer() as ms:
+        settings = Settings.from_env({}, data_dir=Path(tmp), clip_pretrained=args.pretrained, milvus_uri=ms.uri,
+                                     redis_url=rs.url, collection="bench", query_timeout_ms=60_000)
+        build_collection(settings, args.vectors)
+        service = SearchService(settings)
+        rows = []
+        worker = Worker(settings, "bench-batched")
+        client = SearchClient(settings=settings)
+        try:
+            for c in levels:
+                local = measure(lambda q: service.search_text(q, args.k), c, args.requests)
+                queued = measure(lambda q: client.search(text=q, k=args.k), c, args.requests)
+                rows.append((c, local, queued))
+                print(f"c={c:<3} in-process p50 {local['p50']:7.2f} ms p99 {local['p99']:7.2f} ms "
+                      f"{local['qps']:7.1f} qps | queue p50 {queued['p50']:7.2f} ms p99 {queued['p99']:7.2f} ms "
+                      f"{queued['qps']:7.1f} qps | +{queued['p50'] - local['p50']:.2f} ms p50", flush=True)
+            batched = measure(lambda q: client.search(text=q, k=args.k), args.batch_concurrency, args.requests)
+        finally:
+            worker.stop()
+        single_settings = settings.with_overrides(query_max_batch=1, query_stream="imgsearch:query:b1")
+        worker = Worker(single_settings, "bench-batch1")
+        client1 = SearchClient(settings=single_settings)
+        try:
+            single = measure(lambda q: client1.search(text=q, k=args.k), args.batch_concurrency, args.requests)
+        finally:
+            worker.stop()
+        gain = batched["qps"] / single["qps"]
+        print(f"c={args.batch_concurrency} queue batched {batched['qps']:.1f} qps (p50 {batched['p50']:.2f} ms) vs "
+              f"batch-size 1 {single['qps']:.1f} qps (p50 {single['p50']:.2f} ms): x{gain:.2f}")
+        where = machine()
+        print(f"machine {where}")
+
+    if args.record:
+        stamp = datetime.now(UTC).strftime("%Y-%m-%d")
+        cells = "; ".join(f"c={c}: {lo['p50']:.1f}/{lo['p99']:.1f} ms {lo['qps']:.0f} qps vs "
+                          f"{q['p50']:.1f}/{q['p99']:.1f} ms {q['qps']:.0f} qps (+{q['p50'] - lo['p50']:.1f} ms p50)"
+                          for c, lo, q in rows)
+        text = (f"| {stamp} | `bench/query.py {' '.join(sys.argv[1:])}` | {args.vectors} | {cells} | "
+                f"c={args.batch_concurrency}: {batched['qps']:.0f} vs {single['qps']:.0f} qps (x{gain:.2f}) | "
+                f"{where} |\n")
+        if "## bench/query.py" not in RESULTS.read_text(encoding="utf-8"):
+            text = ("\n## bench/query.py — search in-process vs through the Redis queue\n\n"
+                    "Latency p50/p99 and QPS of the same text searches (k=10), in-process vs through Redis + one "
+                    "query worker; then the queue at one concurrency with dynamic batching vs batch size 1.\n\n"
+                    "| date | command | vectors | in-process vs queue (p50/p99, QPS) | batching vs batch-size 1 | "
+                    "machine |\n|---|---|---|---|---|---|\n") + text
+        with open(RESULTS, "a", encoding="utf-8") as fh:
+            fh.write(text)
+        print(f"recorded in {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

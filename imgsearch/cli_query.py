@@ -1,0 +1,118 @@
+"""CLI pieces of the query side: ``query-worker``, ``serve``, and ``search`` through Redis.
+
+Kept apart from :mod:`imgsearch.cli` so that file only registers them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def add_parsers(sub) -> None:
+    """Register ``query-worker`` and ``serve`` on the main parser's subcommands."""
+    w = sub.add_parser("query-worker", help="answer search requests from Redis (IMGSEARCH_REDIS_URL)",
+                       description="Loads and warms the collection's model, then answers search requests "
+                       "from the Redis stream IMGSEARCH_QUERY_STREAM in dynamic batches. Run several for "
+                       "more throughput; requests held by a worker that dies are taken over by another. "
+                       "SIGTERM finishes the batch in hand, then exits 0.")
+    w.add_argument("--name", help="consumer name in the group (default: <host>-<pid>)")
+    w.add_argument("--max-batch", type=int, help="override IMGSEARCH_QUERY_MAX_BATCH")
+    w.add_argument("--max-wait-ms", type=int, help="override IMGSEARCH_QUERY_MAX_WAIT_MS")
+
+    g = sub.add_parser("serve", help="HTTP gateway (FastAPI) in front of the query workers",
+                       description="Serves /v1/search (JSON or multipart image upload), /healthz, /readyz, "
+                       "/metrics and the OpenAPI schema at /docs. Needs IMGSEARCH_REDIS_URL and running "
+                       "query workers. IMGSEARCH_GATEWAY_API_KEY, when set, is required in X-API-Key.")
+    g.add_argument("--host", help="override IMGSEARCH_GATEWAY_HOST")
+    g.add_argument("--port", type=int, help="override IMGSEARCH_GATEWAY_PORT")
+
+
+def add_search_options(parser: argparse.ArgumentParser) -> None:
+    """``--where`` structured filters for ``imgsearch search``."""
+    parser.add_argument("--where", action="append", default=[], metavar="'FIELD OP VALUE'",
+                        help="filter, e.g. --where 'mime == image/png' --where 'width >= 28' "
+                        "--where 'uri prefix file:///data/'; ops: == != < <= > >= in not_in prefix "
+                        "(in/not_in take a JSON list); repeatable, AND-ed")
+
+
+def parse_where(items: list[str]) -> list[dict]:
+    """``'width >= 28'`` -> ``{"field": "width", "op": ">=", "value": 28}`` (values are JSON when they parse)."""
+    from query.filters import FilterError
+
+    out = []
+    for item in items:
+        parts = item.strip().split(None, 2)
+        if len(parts) != 3:
+            raise FilterError(f"--where takes 'FIELD OP VALUE', got {item!r}")
+        name, op, raw = parts
+        try:
+            value = json.loads(raw)
+            if not isinstance(value, int | list | str) or isinstance(value, bool):
+                value = raw
+        except ValueError:
+            value = raw
+        out.append({"field": name, "op": op, "value": value})
+    return out
+
+
+def search_via_queue(args, settings) -> list:
+    """Run ``imgsearch search`` through the query workers (IMGSEARCH_REDIS_URL is set)."""
+    from query.client import SearchClient
+
+    client = SearchClient(settings=settings)
+    try:
+        result = client.search(text=args.text, image=args.image, like=args.like, k=args.k,
+                               filters=parse_where(getattr(args, "where", [])))
+    finally:
+        client.close()
+    return result.hits
+
+
+def search_in_process(args, settings) -> list:
+    """Run ``imgsearch search`` with the search service in this process (embedded mode)."""
+    from query.filters import compile_filters
+    from query.search import SearchService
+
+    expr = compile_filters(parse_where(getattr(args, "where", [])))
+    service = SearchService(settings)
+    if args.text is not None:
+        return service.search_text(args.text, args.k, filter_expr=expr)
+    if args.image is not None:
+        return service.search_image(args.image, args.k, filter_expr=expr)
+    return service.search_like(args.like, args.k, filter_expr=expr)
+
+
+def cmd_query_worker(args, settings) -> int:
+    from common.errors import ConfigError
+    from query.worker import QueryWorker
+
+    if not settings.redis_url:
+        raise ConfigError("query-worker needs IMGSEARCH_REDIS_URL")
+    settings = settings.with_overrides(query_max_batch=args.max_batch, query_max_wait_ms=args.max_wait_ms)
+    worker = QueryWorker(settings, name=args.name)
+    worker.install_signal_handlers()
+    worker.start()
+    print(f"query worker {worker.name} ready on {settings.query_stream}", flush=True)
+    worker.run()
+    print(f"query worker {worker.name} stopped after {worker.answered} replies", flush=True)
+    return 0
+
+
+def cmd_serve(args, settings) -> int:
+    import uvicorn
+    from query.gateway import create_app
+
+    from common.errors import ConfigError
+
+    if not settings.redis_url:
+        raise ConfigError("serve needs IMGSEARCH_REDIS_URL")
+    settings = settings.with_overrides(gateway_host=args.host, gateway_port=args.port)
+    print(f"gateway on http://{settings.gateway_host}:{settings.gateway_port}", file=sys.stderr, flush=True)
+    uvicorn.run(create_app(settings), host=settings.gateway_host, port=settings.gateway_port,
+                log_level=settings.log_level.lower())
+    return 0
+
+
+COMMANDS = {"query-worker": cmd_query_worker, "serve": cmd_serve}

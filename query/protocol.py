@@ -1,0 +1,221 @@
+"""The query protocol over Redis, schema version 1 (documented in README "Query over Redis").
+
+A request is one stream entry with two fields: ``id`` (repeated outside the JSON so that
+even a request whose JSON is broken can be answered) and ``req`` (the JSON below). The
+answer is pushed onto the list ``<stream>:reply:<id>`` (with a TTL), at most once per id.
+
+Parsing is strict on purpose: unknown keys, wrong types, oversized images and unknown
+schema versions are refused with a :class:`ProtocolError` naming the problem, so a caller
+learns about a typo instead of getting silently different results.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from common.errors import QueryError
+from common.store import Hit
+from query.filters import Filter, FilterError, compile_filters, parse_filters
+
+SCHEMA_VERSION = 1
+MAX_K = 1000
+MAX_TEXT_CHARS = 2000
+MAX_URI_CHARS = 4096
+CHANNELS = ("clip",)  # implemented search channels; BM25/dense text/phash come with later issues
+ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+REQUEST_KEYS = {"v", "id", "deadline", "query", "k", "filters", "channels"}
+QUERY_KINDS = ("text", "image", "image_uri", "like")
+HEARTBEAT_FRESH_MS = 5000  # a worker whose last heartbeat is older is not counted as ready
+
+# Error codes in replies (README lists them).
+BAD_REQUEST = "bad_request"
+NOT_FOUND = "not_found"
+SERVER_ERROR = "server_error"
+ERROR_CODES = (BAD_REQUEST, NOT_FOUND, SERVER_ERROR)
+
+
+class ProtocolError(QueryError):
+    """A request (or reply) does not follow the schema; ``code`` goes into the error reply."""
+
+    def __init__(self, message: str, code: str = BAD_REQUEST):
+        super().__init__(message)
+        self.code = code
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def reply_key(stream: str, request_id: str) -> str:
+    return f"{stream}:reply:{request_id}"
+
+
+def done_key(stream: str, request_id: str) -> str:
+    """Set (NX) by whoever settles a request first: a worker's reply or the caller's timeout."""
+    return f"{stream}:done:{request_id}"
+
+
+def heartbeat_key(stream: str) -> str:
+    """Sorted set: worker name -> last heartbeat (unix ms) of warm, serving workers."""
+    return f"{stream}:workers"
+
+
+@dataclass
+class Request:
+    """A validated search request. Exactly one of text, image, image_uri, like is set."""
+
+    id: str
+    deadline: int  # unix milliseconds
+    kind: str
+    text: str | None = None
+    image: bytes | None = None
+    image_uri: str | None = None
+    like: int | str | None = None
+    k: int = 10
+    filters: list[Filter] = field(default_factory=list)
+    channels: tuple[str, ...] = ("clip",)
+
+    @property
+    def filter_expr(self) -> str:
+        return compile_filters(self.filters)
+
+    def expired(self, at_ms: int | None = None) -> bool:
+        return (now_ms() if at_ms is None else at_ms) > self.deadline
+
+    def to_json(self) -> str:
+        query: dict[str, Any]
+        if self.kind == "image":
+            query = {"image": base64.b64encode(self.image or b"").decode("ascii")}
+        else:
+            query = {self.kind: getattr(self, self.kind)}
+        return json.dumps({"v": SCHEMA_VERSION, "id": self.id, "deadline": self.deadline, "query": query,
+                           "k": self.k, "filters": [f.to_dict() for f in self.filters],
+                           "channels": list(self.channels)}, separators=(",", ":"))
+
+
+def parse_request(raw: bytes | str, max_image_bytes: int) -> Request:
+    """JSON text -> :class:`Request`, or :class:`ProtocolError` saying exactly what is wrong."""
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"request is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ProtocolError("request must be a JSON object")
+    unknown = set(doc) - REQUEST_KEYS
+    if unknown:
+        raise ProtocolError(f"unknown request fields: {', '.join(sorted(unknown))}")
+    if doc.get("v") != SCHEMA_VERSION:
+        raise ProtocolError(f"unsupported schema version {doc.get('v')!r}; this worker speaks v{SCHEMA_VERSION}")
+    request_id = doc.get("id")
+    if not isinstance(request_id, str) or not ID_RE.match(request_id):
+        raise ProtocolError("id must be 1-128 characters of letters, digits, _ . : -")
+    deadline = doc.get("deadline")
+    if isinstance(deadline, bool) or not isinstance(deadline, int) or deadline <= 0:
+        raise ProtocolError("deadline must be a positive integer (unix time in milliseconds)")
+    k = doc.get("k", 10)
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+        raise ProtocolError(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
+    channels = doc.get("channels", ["clip"])
+    if not isinstance(channels, list) or not channels or not all(isinstance(c, str) for c in channels):
+        raise ProtocolError("channels must be a non-empty list of strings")
+    bad = [c for c in channels if c not in CHANNELS]
+    if bad:
+        raise ProtocolError(f"unsupported channels {bad}; available: {', '.join(CHANNELS)}")
+    try:
+        filters = parse_filters(doc.get("filters", []))
+    except FilterError as exc:
+        raise ProtocolError(str(exc)) from None
+    req = Request(id=request_id, deadline=deadline, kind="", k=k, filters=filters, channels=tuple(channels))
+    _parse_query(req, doc.get("query"), max_image_bytes)
+    return req
+
+
+def _parse_query(req: Request, query: Any, max_image_bytes: int) -> None:
+    if not isinstance(query, dict) or len(query) != 1:
+        raise ProtocolError(f"query must be an object with exactly one of: {', '.join(QUERY_KINDS)}")
+    (kind, value), = query.items()
+    if kind not in QUERY_KINDS:
+        raise ProtocolError(f"unknown query kind {kind!r}; use one of: {', '.join(QUERY_KINDS)}")
+    req.kind = kind
+    if kind == "text":
+        if not isinstance(value, str) or not value.strip():
+            raise ProtocolError("query.text must be a non-empty string")
+        if len(value) > MAX_TEXT_CHARS:
+            raise ProtocolError(f"query.text is longer than {MAX_TEXT_CHARS} characters")
+        req.text = value.strip()
+    elif kind == "image":
+        req.image = decode_image_field(value, max_image_bytes)
+    elif kind == "image_uri":
+        if not isinstance(value, str) or not value.startswith("s3://") or len(value) > MAX_URI_CHARS:
+            raise ProtocolError("query.image_uri must be an s3:// URI (workers never read their own files)")
+        req.image_uri = value
+    else:
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise ProtocolError("query.like must be an indexed image id (integer) or its URI (string)")
+        if isinstance(value, str) and ("://" not in value or len(value) > MAX_URI_CHARS):
+            raise ProtocolError("query.like as a string must be the URI of an indexed image")
+        req.like = value
+
+
+def decode_image_field(value: Any, max_image_bytes: int) -> bytes:
+    """Base64 text -> bytes, refusing oversized input before decoding it."""
+    if not isinstance(value, str) or not value:
+        raise ProtocolError("query.image must be non-empty base64 text")
+    if len(value) > 4 * ((max_image_bytes + 2) // 3) + 4:
+        raise ProtocolError(f"query image is larger than the limit of {max_image_bytes} bytes")
+    try:
+        data = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ProtocolError("query.image is not valid base64") from None
+    if len(data) > max_image_bytes:
+        raise ProtocolError(f"query image is larger than the limit of {max_image_bytes} bytes")
+    return data
+
+
+# -- replies ------------------------------------------------------------------------------
+@dataclass
+class Reply:
+    """What a worker answers: hits (ok) or an error code and message."""
+
+    id: str
+    ok: bool
+    hits: list[Hit] = field(default_factory=list)
+    error_code: str = ""
+    error_message: str = ""
+    worker: str = ""
+    batch: int = 0
+    took_ms: float = 0.0
+
+    def to_json(self) -> str:
+        doc: dict[str, Any] = {"v": SCHEMA_VERSION, "id": self.id, "ok": self.ok, "worker": self.worker}
+        if self.ok:
+            doc.update(hits=[h.to_dict() for h in self.hits], batch=self.batch, took_ms=round(self.took_ms, 3))
+        else:
+            doc["error"] = {"code": self.error_code, "message": self.error_message}
+        return json.dumps(doc, separators=(",", ":"))
+
+    @classmethod
+    def error(cls, request_id: str, code: str, message: str, worker: str = "") -> "Reply":
+        return cls(request_id, False, error_code=code, error_message=message, worker=worker)
+
+
+def parse_reply(raw: bytes | str) -> Reply:
+    """A worker's JSON reply -> :class:`Reply` (ProtocolError with code server_error if broken)."""
+    try:
+        doc = json.loads(raw)
+        if doc.get("v") != SCHEMA_VERSION:
+            raise ValueError(f"reply schema version {doc.get('v')!r}")
+        if doc["ok"]:
+            hits = [Hit(int(h["id"]), str(h["uri"]), float(h["score"])) for h in doc["hits"]]
+            return Reply(doc["id"], True, hits, worker=doc.get("worker", ""), batch=int(doc.get("batch", 0)),
+                         took_ms=float(doc.get("took_ms", 0.0)))
+        err = doc["error"]
+        return Reply.error(doc["id"], str(err["code"]), str(err["message"]), doc.get("worker", ""))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ProtocolError(f"malformed reply from a worker: {exc}", SERVER_ERROR) from None

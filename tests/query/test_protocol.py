@@ -1,0 +1,92 @@
+"""Protocol v1: strict parsing, clear messages, round trips between client and worker sides."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+
+from common.store import Hit
+from query.client import BadRequest, build_request
+from query.protocol import SCHEMA_VERSION, ProtocolError, Reply, now_ms, parse_reply, parse_request
+
+LIMIT = 1000
+
+
+def doc(**overrides) -> dict:
+    base = {"v": SCHEMA_VERSION, "id": "abc123", "deadline": now_ms() + 5000, "query": {"text": "a red shoe"},
+            "k": 5, "filters": [], "channels": ["clip"]}
+    base.update(overrides)
+    return base
+
+
+def parse(d) -> object:
+    return parse_request(json.dumps(d) if not isinstance(d, str | bytes) else d, LIMIT)
+
+
+def test_client_request_round_trips_through_the_worker_parser():
+    for query in ({"text": "boots"}, {"image": b"\x89PNG..."}, {"like": 42}, {"like": "s3://b/k.png"},
+                  {"image": "s3://bucket/q.jpg"}):
+        req = build_request(k=7, filters=[{"field": "width", "op": ">=", "value": 28}], timeout_s=3, **query)
+        back = parse_request(req.to_json(), LIMIT)
+        assert (back.id, back.kind, back.k, back.deadline) == (req.id, req.kind, 7, req.deadline)
+        assert (back.text, back.image, back.image_uri, back.like) == (req.text, req.image, req.image_uri, req.like)
+        assert back.filter_expr == "(width >= 28)"
+
+
+@pytest.mark.parametrize("raw, fragment", [
+    ("{not json", "not valid JSON"),
+    ("[1, 2]", "must be a JSON object"),
+    (doc(extra=1), "unknown request fields: extra"),
+    (doc(v=2), "unsupported schema version 2"),
+    (doc(id="bad id with spaces"), "id must be"),
+    (doc(deadline="soon"), "deadline must be"),
+    (doc(k=0), "k must be an integer from 1 to 1000"),
+    (doc(k=True), "k must be an integer"),
+    (doc(channels=["bm25"]), "unsupported channels"),
+    (doc(query={"text": "a", "like": 1}), "exactly one of"),
+    (doc(query={"sql": "drop"}), "unknown query kind 'sql'"),
+    (doc(query={"text": "   "}), "non-empty string"),
+    (doc(query={"image": "!!notbase64!!"}), "not valid base64"),
+    (doc(query={"image": base64.b64encode(b"x" * (LIMIT + 1)).decode()}), "larger than the limit"),
+    (doc(query={"image_uri": "file:///etc/passwd"}), "s3:// URI"),
+    (doc(query={"like": "not-a-uri"}), "URI of an indexed image"),
+    (doc(filters=[{"field": "model", "op": "==", "value": "x"}]), "unknown filter field 'model'"),
+    (doc(filters={"field": "uri"}), "filters must be a list"),
+])
+def test_malformed_requests_are_refused_with_a_clear_message(raw, fragment):
+    with pytest.raises(ProtocolError, match=fragment) as info:
+        parse(raw)
+    assert info.value.code == "bad_request"
+
+
+def test_image_at_the_limit_is_accepted():
+    req = parse(doc(query={"image": base64.b64encode(b"x" * LIMIT).decode()}))
+    assert req.image == b"x" * LIMIT
+
+
+def test_deadline_decides_expiry():
+    assert parse(doc(deadline=now_ms() - 1)).expired()
+    assert not parse(doc(deadline=now_ms() + 60_000)).expired()
+
+
+def test_replies_round_trip_and_broken_replies_are_server_errors():
+    ok = parse_reply(Reply("r1", True, [Hit(5, "s3://b/x.png", 0.25)], worker="w", batch=3).to_json())
+    assert ok.ok and ok.hits == [Hit(5, "s3://b/x.png", 0.25)] and ok.batch == 3 and ok.worker == "w"
+    err = parse_reply(Reply.error("r2", "not_found", "no such image").to_json())
+    assert (err.ok, err.error_code, err.error_message) == (False, "not_found", "no such image")
+    with pytest.raises(ProtocolError) as info:
+        parse_reply(b'{"v": 1, "id": "x"}')
+    assert info.value.code == "server_error"
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    ({}, "exactly one of text, image, like"),
+    ({"text": "a", "like": 3}, "exactly one of"),
+    ({"image": "/no/such/file.png"}, "cannot read query image"),
+    ({"text": "a", "filters": [{"field": "uri", "op": "like", "value": "%"}]}, "operator 'like' is not allowed"),
+])
+def test_client_refuses_bad_calls_before_sending(kwargs, fragment):
+    with pytest.raises(BadRequest, match=fragment):
+        build_request(**kwargs)
