@@ -13,6 +13,8 @@ import os
 import sys
 from pathlib import Path
 
+from imgsearch import cli_distributed
+
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 
 EPILOG = """\
@@ -70,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
     sub.add_parser("config", help="print effective settings (secrets masked)")
+    cli_distributed.add_parsers(sub)
     return parser
 
 
@@ -100,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_ingest(args, settings) -> int:
+    if not settings.embedded:
+        return cli_distributed.cmd_ingest(args, settings)
     from ingest.runner import run_ingest
 
     summary = run_ingest(args.source, settings, tuple(args.include),
@@ -151,4 +156,5 @@ def cmd_config(args, settings) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"ingest": cmd_ingest, "search": cmd_search, "demo": cmd_demo, "config": cmd_config}
+COMMANDS = {"ingest": cmd_ingest, "search": cmd_search, "demo": cmd_demo, "config": cmd_config,
+            **cli_distributed.COMMANDS}
