@@ -74,7 +74,7 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> DecodedImage:
             raise ImageError("too_many_pixels", str(exc)) from None
         except OSError as exc:
             text = str(exc)
-            reason = "truncated" if "truncated" in text or "broken data stream" in text else "undecodable"
+            reason = "truncated" if "truncated" in text else "undecodable"  # zlib errors: corrupt
             raise ImageError(reason, f"cannot decode {fmt} data: {text}") from None
         except Exception as exc:
             raise ImageError("undecodable", f"cannot decode {fmt} data: {exc}") from None

@@ -61,7 +61,9 @@ def celery_config(settings: Settings) -> dict:
         "task_default_queue": "plan",
         "task_routes": ROUTES,
         "task_soft_time_limit": settings.batch_time_limit,
-        "task_time_limit": settings.batch_time_limit + 30,
+        # the hard limit stays below the visibility timeout: a stuck batch is killed before
+        # Redis would hand it to a second worker
+        "task_time_limit": min(settings.batch_time_limit + 30, settings.visibility_timeout - 1),
         "worker_max_tasks_per_child": settings.worker_max_tasks_per_child or None,
         "worker_max_memory_per_child": settings.worker_max_memory_mb * 1024 or None,  # KiB
         "worker_hijack_root_logger": False,
