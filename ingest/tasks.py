@@ -107,14 +107,18 @@ def plan(self, job_id: str) -> dict:
             raise self.retry(exc=exc, countdown=_countdown(self.request.retries)) from exc
         jobs().fail(job_id, f"planning failed after {self.max_retries} retries: {type(exc).__name__}: {exc}")
         raise
+    except Exception as exc:  # model mismatch, a bug: the job fails visibly instead of hanging
+        log.exception("plan failed", extra={"job": job_id})
+        jobs().fail(job_id, f"{type(exc).__name__}: {exc}")
+        return {"job": job_id, "error": str(exc)}
 
 
 @app.task(name="ingest.embed", bind=True, max_retries=settings.task_max_retries)
 def embed(self, spec: BatchSpec) -> dict:
     """Fetch, decode, CLIP-encode and upsert one batch (GPU queue)."""
-    if jobs().status(spec["job"]) == "cancelled":
-        return {**failed_batch_result(spec, "cancelled", "job cancelled"), "failures": []}
     try:
+        if jobs().status(spec["job"]) == "cancelled":
+            return {**failed_batch_result(spec, "cancelled", "job cancelled"), "failures": []}
         return embed_stage(spec, worker_context(), jobs())
     except SoftTimeLimitExceeded:
         return failed_batch_result(spec, "timeout", f"batch exceeded {settings.batch_time_limit}s")
