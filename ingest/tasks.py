@@ -89,6 +89,21 @@ def _transient_types() -> tuple[type[BaseException], ...]:
                         botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectionClosedError)
 
 
+def _reset_milvus() -> None:
+    """Drop this process's Milvus clients so the retry connects afresh.
+
+    pymilvus pings idle channels every 10 s; a server enforcing gRPC's default ping policy
+    answers with GOAWAY ("Too many pings") and the cached channel can stay broken.
+    """
+    from common.store import close_clients
+
+    ctx = _state.get("ctx")
+    if isinstance(ctx, WorkerContext):
+        with ctx.lock:
+            ctx.stores.clear()
+    close_clients()
+
+
 def _countdown(retries: int) -> float:
     """Exponential backoff with full jitter, capped at a minute."""
     return random.uniform(0.5, min(60.0, 2.0 ** (retries + 1)))
@@ -103,6 +118,7 @@ def plan(self, job_id: str) -> dict:
         jobs().fail(job_id, str(exc))
         return {"job": job_id, "error": str(exc)}
     except _transient_types() as exc:
+        _reset_milvus()
         if self.request.retries < self.max_retries:
             raise self.retry(exc=exc, countdown=_countdown(self.request.retries)) from exc
         jobs().fail(job_id, f"planning failed after {self.max_retries} retries: {type(exc).__name__}: {exc}")
@@ -123,6 +139,7 @@ def embed(self, spec: BatchSpec) -> dict:
     except SoftTimeLimitExceeded:
         return failed_batch_result(spec, "timeout", f"batch exceeded {settings.batch_time_limit}s")
     except _transient_types() as exc:
+        _reset_milvus()
         if self.request.retries < self.max_retries:
             raise self.retry(exc=exc, countdown=_countdown(self.request.retries)) from exc
         return failed_batch_result(spec, "batch_error", f"after {self.max_retries} retries: "

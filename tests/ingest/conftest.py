@@ -99,6 +99,14 @@ class Cluster:
     def settings(self) -> Settings:
         return Settings.from_env({PREFIX + k: v for k, v in self.vars.items()})
 
+    def store(self):
+        """An ImageStore on a fresh Milvus connection: pymilvus' idle keepalive pings make the
+        milvus-lite server drop idle channels ("Too many pings"), and tests idle while waiting."""
+        from common.store import ImageStore, close_clients
+
+        close_clients()
+        return ImageStore(self.settings)
+
     def put(self, key: str, body: bytes) -> str:
         self.s3.client().put_object(Bucket=self.bucket, Key=key, Body=body)
         return f"s3://{self.bucket}/{key}"

@@ -11,7 +11,6 @@ import pytest
 from PIL import Image, ImageOps
 
 from common.ids import image_id
-from common.store import ImageStore
 from tests.ingest.bad_files import bad_files
 from tests.ingest.conftest import png_bytes
 
@@ -70,7 +69,7 @@ def test_mixed_bucket_valid_indexed_upright_bad_dead_lettered_then_retried(dist,
     html = next(e for e in job["dead_letters"] if e["uri"].endswith("/page.jpg"))
     assert "HTML" in html["message"]
 
-    store = ImageStore(dist.settings)
+    store = dist.store()
     assert store.count() == n_valid
     uri = f"s3://{dist.bucket}/mixed/rotated.jpg"
     row = store.get(image_id(uri), with_vector=True)
@@ -94,4 +93,4 @@ def test_mixed_bucket_valid_indexed_upright_bad_dead_lettered_then_retried(dist,
     assert after["indexed"] + after["unchanged"] + after["failed"] == after["listed"]
     left = {e["uri"].rsplit("/", 1)[1]: e["attempts"] for e in after["dead_letters"]}
     assert "truncated.png" not in left and set(left.values()) == {2}
-    assert store.count() == n_valid + 1
+    assert dist.store().count() == n_valid + 1

@@ -12,7 +12,6 @@ import sys
 
 import pytest
 
-from common.store import ImageStore
 from tests.ingest.conftest import ROOT, png_bytes
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -30,7 +29,7 @@ def assert_complete_and_exact(dist, job_id: str, uris: list[str]) -> None:
     assert (job.listed, job.indexed, job.unchanged, job.failed) == (len(uris), len(uris), 0, 0)
     assert job.batches_done == job.batches_total == len(dist.jobs().batch_records(job_id))
     assert dist.jobs().dead_letters(job_id) == []
-    store = ImageStore(dist.settings)
+    store = dist.store()
     rows = store.client.query(store.alias, filter="id >= 0", output_fields=["uri"], limit=16384)
     got = [r["uri"] for r in rows]
     assert len(got) == len(set(got)), "duplicate rows"

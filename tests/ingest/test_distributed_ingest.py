@@ -39,7 +39,7 @@ def test_300_images_become_searchable_and_a_second_ingest_does_no_model_work(dis
     assert job["batches_total"] == job["batches_done"] == 10  # 300 / (16 * 2) rounded up
     assert job["dead_letters"] == []
 
-    store = ImageStore(dist.settings)
+    store = dist.store()
     assert store.count() == 300
     got = all_uris(store)
     assert sorted(got) == sorted(uris)
@@ -59,7 +59,7 @@ def test_300_images_become_searchable_and_a_second_ingest_does_no_model_work(dis
     assert (second["listed"], second["indexed"], second["unchanged"], second["failed"]) == (300, 0, 300, 0)
     assert second["batches_total"] == 0
     assert second["encoded"] == 0  # no image went through the model
-    assert store.count() == 300
+    assert dist.store().count() == 300
 
     listing = dist.cli("jobs", "list", "--json")
     assert listing.returncode == 0, listing.stderr
