@@ -104,8 +104,17 @@ class Cluster:
         milvus-lite server drop idle channels ("Too many pings"), and tests idle while waiting."""
         from common.store import ImageStore, close_clients
 
-        close_clients()
-        return ImageStore(self.settings)
+        for attempt in range(6):
+            close_clients()
+            try:
+                store = ImageStore(self.settings)
+                store.count()  # the first RPC may still meet the dropped connection
+                return store
+            except Exception:
+                if attempt == 5:
+                    raise
+                time.sleep(1.0)
+        raise AssertionError("unreachable")
 
     def put(self, key: str, body: bytes) -> str:
         self.s3.client().put_object(Bucket=self.bucket, Key=key, Body=body)
