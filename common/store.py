@@ -94,15 +94,32 @@ class ImageStore:
         self.settings = settings
         self.alias = alias or settings.collection
         self.client = milvus_client(settings)
+        self._loaded: set[str] = set()
 
     # -- collection lifecycle -------------------------------------------------------------
     def physical_name(self) -> str | None:
         """The versioned collection behind the alias, or None when nothing exists yet."""
+        # Ask the alias list first: describe_alias of a missing alias logs an RPC ERROR line.
+        if self.alias not in (self.client.list_aliases().get("aliases") or []):
+            return None
         try:
             info = self.client.describe_alias(self.alias)
         except Exception:
             return None
-        return info.get("collection_name") if info else None
+        name = info.get("collection_name") if info else None
+        if name and name not in self._loaded:
+            self._load(name)
+        return name
+
+    def _load(self, name: str) -> None:
+        """Load ``name`` into memory once per store: a collection written by another process
+        (or before a restart) is 'released' and refuses search and query until loaded."""
+        from pymilvus.client.types import LoadState
+
+        state = self.client.get_load_state(name).get("state")
+        if state != LoadState.Loaded:
+            self.client.load_collection(name)
+        self._loaded.add(name)
 
     def exists(self) -> bool:
         return self.physical_name() is not None

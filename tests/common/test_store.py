@@ -64,3 +64,15 @@ def test_model_record_survives_reopening(make_settings):
     ImageStore(settings).ensure(SPEC)
     close_clients()
     assert ImageStore(settings).model_spec() == SPEC
+
+
+def test_a_released_collection_is_loaded_again_on_open(make_settings):
+    # What another process (or a restart) leaves behind: the collection exists but is released.
+    settings = make_settings()
+    store = ImageStore(settings)
+    store.ensure(SPEC)
+    store.upsert([row(i + 1, np.eye(8, dtype=np.float32)[i]) for i in range(8)])
+    store.client.release_collection(store.physical_name())
+    fresh = ImageStore(settings)
+    assert fresh.model_spec() == SPEC
+    assert [h.id for h in fresh.search([np.eye(8)[2]], k=1)[0]] == [3]
