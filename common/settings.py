@@ -48,7 +48,7 @@ class Settings:
     collection: str = field(default="images", metadata={
         "help": "Alias that callers search; the physical collection is <alias>_v<N>."})
     redis_url: str = field(default="", metadata={
-        "help": "Redis URL. Set: distributed mode (later issues). Empty: embedded mode."})
+        "help": "Redis URL. Set: distributed mode (Celery ingest workers, query workers). Empty: embedded."})
     s3_endpoint_url: str = field(default="", metadata={
         "help": "S3-compatible endpoint (MinIO, SeaweedFS). Empty: AWS default."})
     s3_region: str = field(default="us-east-1", metadata={"help": "S3 region."})
@@ -94,6 +94,25 @@ class Settings:
     gateway_port: int = field(default=8080, metadata={"help": "Port `imgsearch serve` listens on."})
     gateway_api_key: str = field(default="", metadata=_secret(
         "API key the gateway requires in the X-API-Key header. Empty: no auth."))
+    # -- distributed ingest (Celery over Redis; used only when redis_url is set) -------------
+    visibility_timeout: int = field(default=3600, metadata={
+        "help": "Seconds before an unacknowledged task (its worker died) is delivered again. "
+                "Must exceed the longest batch (IMGSEARCH_BATCH_TIME_LIMIT)."})
+    unacked_restore_interval: int = field(default=5, metadata={
+        "help": "Seconds between a worker's sweeps that re-queue tasks of dead workers once "
+                "their visibility timeout has passed."})
+    batch_time_limit: int = field(default=1800, metadata={
+        "help": "Hard time limit (seconds) of one ingest task; the batch is then dead-lettered."})
+    batches_per_task: int = field(default=4, metadata={
+        "help": "Encoder batches per embed task: fetch/decode of batch N+1 overlaps encoding of N."})
+    task_max_retries: int = field(default=5, metadata={
+        "help": "Retries (exponential backoff with jitter) of a task hit by a transient "
+                "S3/Milvus/Redis error before its batch is dead-lettered."})
+    worker_max_tasks_per_child: int = field(default=1000, metadata={
+        "help": "A worker process is replaced after this many tasks (leak guard; 0 = never)."})
+    worker_max_memory_mb: int = field(default=8192, metadata={
+        "help": "A worker process is replaced after a task leaves it above this resident "
+                "memory (MiB; 0 = no limit)."})
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
@@ -118,13 +137,23 @@ class Settings:
 
     def validate(self) -> None:
         """Reject values that would fail later in a less obvious way."""
-        for name in ("batch_size", "fetch_workers", "max_image_bytes", "max_image_pixels"):
+        for name in ("batch_size", "fetch_workers", "max_image_bytes", "max_image_pixels",
+                     "visibility_timeout", "unacked_restore_interval", "batch_time_limit",
+                     "batches_per_task"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{PREFIX}{name.upper()} must be >= 1, got {getattr(self, name)}")
         if not self.collection.replace("_", "").isalnum() or not self.collection[0].isalpha():
             raise ConfigError(
                 f"{PREFIX}COLLECTION must start with a letter and hold only letters, digits "
                 f"and _, got {self.collection!r}")
+        for name in ("task_max_retries", "worker_max_tasks_per_child", "worker_max_memory_mb"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{PREFIX}{name.upper()} must be >= 0, got {getattr(self, name)}")
+        if self.visibility_timeout <= self.batch_time_limit:
+            raise ConfigError(
+                f"{PREFIX}VISIBILITY_TIMEOUT ({self.visibility_timeout}s) must exceed "
+                f"{PREFIX}BATCH_TIME_LIMIT ({self.batch_time_limit}s), or running batches are "
+                "delivered twice")
         if self.device != "auto" and self.device.split(":")[0] not in ("cpu", "cuda", "mps"):
             raise ConfigError(f"{PREFIX}DEVICE must be auto, cpu, cuda[:N] or mps, got {self.device!r}")
         _validate_query(self)

@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from imgsearch import cli_query
+from imgsearch import cli_distributed, cli_query
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 
@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("config", help="print effective settings (secrets masked)")
     cli_query.add_parsers(sub)
+    cli_distributed.add_parsers(sub)
     return parser
 
 
@@ -104,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_ingest(args, settings) -> int:
+    if not settings.embedded:
+        return cli_distributed.cmd_ingest(args, settings)
     from ingest.runner import run_ingest
 
     summary = run_ingest(args.source, settings, tuple(args.include),
@@ -148,5 +151,6 @@ def cmd_config(args, settings) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"ingest": cmd_ingest, "search": cmd_search, "demo": cmd_demo, "config": cmd_config}
+COMMANDS = {"ingest": cmd_ingest, "search": cmd_search, "demo": cmd_demo, "config": cmd_config,
+            **cli_distributed.COMMANDS}
 COMMANDS.update(cli_query.COMMANDS)

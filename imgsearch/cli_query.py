@@ -102,9 +102,9 @@ def cmd_query_worker(args, settings) -> int:
 
 def cmd_serve(args, settings) -> int:
     import uvicorn
-    from query.gateway import create_app
 
     from common.errors import ConfigError
+    from query.gateway import create_app
 
     if not settings.redis_url:
         raise ConfigError("serve needs IMGSEARCH_REDIS_URL")

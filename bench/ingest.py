@@ -1,0 +1,228 @@
+"""Distributed ingest vs raw encoder throughput, side by side in one run on one device.
+
+raw:          preprocessed tensors through the encoder's forward pass (the ceiling).
+distributed:  `imgsearch ingest s3://... --wait` semantics against real servers started
+              here (redis-server, SeaweedFS S3, milvus-lite server) and two real worker
+              processes (`imgsearch worker --queues embed` and `--queues
+              ocr,caption,finish,plan`): plan, fetch from S3, decode, preprocess, phash,
+              encode, upsert, chain hops, job counters. Timed from submit to job done,
+              after a warm-up job (models already loaded, as in a running cluster).
+overhead:     Celery/Redis cost of one batch: chains with empty manifests
+              (embed | ocr | caption | finish, four queue hops and the counter script),
+              wall time / number of chains.
+
+Not a test: nothing here asserts a speed. ``--record`` appends a row to bench/RESULTS.md.
+
+    python bench/ingest.py --images 2048 --record
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from common.models.clip import load_clip  # noqa: E402
+from common.settings import PREFIX, Settings  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+
+
+def jpeg(i: int, size: tuple[int, int]) -> bytes:
+    """Smooth random colour fields as JPEG (same recipe as bench/encode.py)."""
+    rng = np.random.default_rng(i)
+    w, h = size
+    small = rng.integers(0, 255, (h // 16 + 1, w // 16 + 1, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(small).resize((w, h), Image.Resampling.BICUBIC).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def bench_raw(model, images: list[bytes], batch_size: int, repeats: int) -> float:
+    pics = [Image.open(io.BytesIO(b)).convert("RGB") for b in images]
+    batches = [model.preprocess_images(pics[i:i + batch_size]) for i in range(0, len(pics), batch_size)]
+    model.encode_image_tensors(batches[0])
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for batch in batches:
+            model.encode_image_tensors(batch)
+        best = min(best, time.perf_counter() - start)
+    return len(pics) / best
+
+
+def wait_done(store, job_id: str, timeout: float = 1800) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = store.get(job_id)
+        if job.finished:
+            return job
+        time.sleep(0.05)
+    raise TimeoutError(f"job {job_id} not done in {timeout}s")
+
+
+def run_job(env: dict, settings: Settings, location: str, collection: str):
+    """Submit a job the way the CLI does and wait for it; returns (job, seconds)."""
+    from ingest.distributed import submit
+    from ingest.jobs import JobStore
+
+    run_settings = settings.with_overrides(collection=collection)
+    start = time.perf_counter()
+    job_id = submit(location, run_settings)
+    job = wait_done(JobStore.from_url(settings.redis_url), job_id)
+    seconds = time.perf_counter() - start
+    assert job.status == "done" and job.failed == 0 and job.indexed == job.listed, job.to_dict()
+    return job, seconds
+
+
+def chain_overhead(settings: Settings, n: int) -> float:
+    """Seconds per batch of pure Celery/Redis work: n chains with empty manifests."""
+    from ingest.jobs import JobStore
+    from ingest.stages import batch_spec
+    from ingest.tasks import enqueue_batch
+
+    store = JobStore.from_url(settings.redis_url)
+    job_id = store.create("s3://overhead/", settings.collection)
+    epoch = store.begin_plan(job_id)
+    start = time.perf_counter()
+    for b in range(n):
+        enqueue_batch(batch_spec(job_id, epoch, b, "s3://overhead/", settings.collection, []))
+    store.planned(job_id, epoch, listed=0, unchanged=0, batches=n)
+    wait_done(store, job_id)
+    return (time.perf_counter() - start) / n
+
+
+def machine() -> str:
+    import torch
+
+    cpu = platform_cpu()
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{cpu}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}"
+
+
+def platform_cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.machine()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="imgsearch-fmnist-lit-minilm")
+    parser.add_argument("--pretrained", default="")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--images", type=int, default=2048)
+    parser.add_argument("--size", default="320x240", help="JPEG size WxH")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batches-per-task", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each; the best counts")
+    parser.add_argument("--overhead-batches", type=int, default=50)
+    parser.add_argument("--note", default="", help="appended to the machine column (e.g. 'shared')")
+    parser.add_argument("--record", action="store_true", help="append the result to bench/RESULTS.md")
+    args = parser.parse_args()
+    w, h = (int(v) for v in args.size.lower().split("x"))
+
+    from tests.servers import MilvusLiteServer, RedisServer, S3Server
+
+    workers: list[subprocess.Popen] = []
+    with tempfile.TemporaryDirectory(prefix="imgsearch-bench-") as tmp, RedisServer() as redis, \
+            MilvusLiteServer() as milvus, S3Server(Path(tmp) / "s3") as s3:
+        tmp_path = Path(tmp)
+        values = {"REDIS_URL": redis.url, "MILVUS_URI": milvus.uri, "DATA_DIR": str(tmp_path / "data"),
+                  "MODEL_CACHE_DIR": str(tmp_path / "models"), "CLIP_MODEL": args.model,
+                  "CLIP_PRETRAINED": args.pretrained, "DEVICE": args.device,
+                  "BATCH_SIZE": str(args.batch_size), "BATCHES_PER_TASK": str(args.batches_per_task),
+                  "S3_ENDPOINT_URL": s3.endpoint_url, "S3_REGION": s3.region, "S3_ACCESS_KEY": s3.access_key,
+                  "S3_SECRET_KEY": s3.secret_key, "COLLECTION": "bench"}
+        os.environ.update({PREFIX + k: v for k, v in values.items()})
+        settings = Settings.from_env()
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+        client = s3.client()
+        client.create_bucket(Bucket="bench")
+        images = [jpeg(i, (w, h)) for i in range(args.images)]
+        for i, body in enumerate(images):
+            client.put_object(Bucket="bench", Key=f"imgs/{i:06d}.jpg", Body=body)
+        for i in range(args.batch_size):
+            client.put_object(Bucket="bench", Key=f"warm/{i:06d}.jpg", Body=images[i])
+
+        model = load_clip(args.model, args.pretrained, settings)  # also assembles the checkpoint once
+        raw = bench_raw(model, images, args.batch_size, args.repeats)
+
+        try:
+            for queues in ("embed", "ocr,caption,finish,plan"):
+                workers.append(subprocess.Popen(
+                    [sys.executable, "-m", "imgsearch", "worker", "--queues", queues, "--loglevel", "WARNING"],
+                    env=env, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                    stderr=open(tmp_path / f"worker-{len(workers)}.log", "wb"), start_new_session=True))
+            run_job(env, settings, "s3://bench/warm/", "warmup")  # workers up, models loaded
+            best = 0.0
+            for r in range(args.repeats):
+                job, seconds = run_job(env, settings, "s3://bench/imgs/", f"bench{r}")
+                best = max(best, job.indexed / seconds)
+            overhead = chain_overhead(settings.with_overrides(collection="warmup"), args.overhead_batches)
+        finally:
+            for proc in workers:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                    try:
+                        proc.wait(30)
+                    except subprocess.TimeoutExpired:
+                        os.killpg(proc.pid, signal.SIGKILL)
+                        proc.wait()
+            from common.store import close_clients
+
+            close_clients()
+
+    ratio = best / raw
+    where = machine() + (f", {args.note}" if args.note else "")
+    print(f"model        {model.spec.label()} on {model.device}")
+    print(f"machine      {where}")
+    print(f"images       {args.images} JPEG {w}x{h} in S3, batch {args.batch_size} x {args.batches_per_task}"
+          f" per task, best of {args.repeats}")
+    print(f"raw encoder  {raw:9.1f} images/s")
+    print(f"distributed  {best:9.1f} images/s  (2 workers: embed + ocr,caption,finish,plan)")
+    print(f"ratio        {ratio:9.2f}")
+    print(f"overhead     {overhead * 1000:9.1f} ms per batch (empty chain: 4 queue hops + counters)")
+    if args.record:
+        stamp = datetime.now(UTC).strftime("%Y-%m-%d")
+        header = ("\n## bench/ingest.py — distributed ingest vs raw encoder\n\n"
+                  "raw = forward pass over preprocessed batches in the bench process; distributed = "
+                  "S3 -> 2 Celery workers -> milvus-lite server, submit to job done (after a warm-up "
+                  "job); overhead = wall time per empty `embed | ocr | caption | finish` chain.\n\n"
+                  "| date | command | model | device | images | raw img/s | distributed img/s | "
+                  "distributed/raw | Celery+Redis ms/batch | machine |\n|---|---|---|---|---|---|---|---|---|---|\n")
+        text = RESULTS.read_text(encoding="utf-8")
+        row = (f"| {stamp} | `bench/ingest.py {' '.join(sys.argv[1:])}` | {model.spec.name} | {model.device} | "
+               f"{args.images} x {w}x{h} JPEG, batch {args.batch_size}x{args.batches_per_task} | {raw:.1f} | "
+               f"{best:.1f} | {ratio:.2f} | {overhead * 1000:.1f} | {where} |\n")
+        with open(RESULTS, "a", encoding="utf-8") as fh:
+            if "## bench/ingest.py" not in text:
+                fh.write(header)
+            fh.write(row)
+        print(f"recorded in {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,197 @@
+"""Distributed ingest stages as plain functions: plan, embed, ocr, caption, finish.
+
+Celery tasks (``ingest/tasks.py``) are thin wrappers over these, so each stage is testable
+without Celery and the embedded runner and the workers share the same work code
+(:mod:`ingest.embed`). Stages pass *batch specs* — job id, epoch, batch number, source root,
+collection and a manifest of ``{uri, etag, size}`` — never pixels or vectors.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from itertools import islice
+
+from common.ids import image_id
+from common.models.clip import ClipModel, load_clip
+from common.settings import Settings
+from common.sources import Source, SourceObject, open_source
+from common.store import ImageStore
+from ingest.embed import BatchResult, EmbedContext, prepare_batch, write_batch
+from ingest.jobs import JobStore
+from ingest.retry import RetryingSource
+
+log = logging.getLogger(__name__)
+
+LIST_CHUNK = 1000  # objects diffed against the index per query while planning
+
+BatchSpec = dict  # {"job", "epoch", "batch", "source", "collection", "retry", "manifest": [...]}
+
+
+def batch_spec(job_id: str, epoch: int, batch_no: int, source: str, collection: str,
+               manifest: list[dict], retry: bool = False) -> BatchSpec:
+    return {"job": job_id, "epoch": epoch, "batch": batch_no, "source": source, "collection": collection,
+            "retry": retry, "manifest": manifest}
+
+
+# -- plan ------------------------------------------------------------------------------------
+def plan_job(job_id: str, settings: Settings, jobs: JobStore, enqueue: Callable[[BatchSpec], None]) -> dict:
+    """List the source page by page, diff against the index, enqueue batches of new work.
+
+    Unchanged objects (same etag, indexed by the collection's model) are counted here and
+    never reach a worker. The task size is ``batch_size * batches_per_task`` objects.
+    """
+    job = jobs.get(job_id)
+    epoch = jobs.begin_plan(job_id)
+    settings = settings.with_overrides(collection=job.collection)
+    source = open_source(job.source, settings, tuple(job.include))
+    store = ImageStore(settings)
+    tag = _index_model_tag(store)
+    task_size = settings.batch_size * settings.batches_per_task
+    listed = unchanged = batches = 0
+    todo: list[dict] = []
+
+    def flush(final: bool) -> None:
+        nonlocal batches
+        while len(todo) >= task_size or final and todo:
+            chunk, todo[:] = todo[:task_size], todo[task_size:]
+            enqueue(batch_spec(job_id, epoch, batches, source.root, job.collection, chunk))
+            batches += 1
+
+    for page in _chunks(source.list(), LIST_CHUNK):
+        if jobs.status(job_id) == "cancelled":
+            return {"job": job_id, "cancelled": True}
+        existing = store.existing(image_id(o.uri) for o in page) if tag else {}
+        for obj in page:
+            row = existing.get(image_id(obj.uri))
+            if row is not None and row.get("etag") == obj.etag and row.get("model") == tag:
+                unchanged += 1
+            else:
+                todo.append(obj.to_dict())
+        listed += len(page)
+        flush(final=False)
+        jobs.plan_progress(job_id, epoch, listed, unchanged, batches)
+    flush(final=True)
+    jobs.planned(job_id, epoch, listed, unchanged, batches)
+    return {"job": job_id, "epoch": epoch, "listed": listed, "unchanged": unchanged, "batches": batches}
+
+
+def _index_model_tag(store: ImageStore) -> str | None:
+    """The model tag rows of this collection carry, or None when nothing is indexed yet."""
+    if not store.exists():
+        return None
+    spec = store.model_spec()
+    return f"{spec.name}@{spec.digest}"
+
+
+def _chunks(items, size: int) -> Iterator[list[SourceObject]]:
+    it = iter(items)
+    while chunk := list(islice(it, size)):
+        yield chunk
+
+
+# -- embed -----------------------------------------------------------------------------------
+@dataclass
+class WorkerContext:
+    """Per-process state of an embed worker, built once after fork (models load once)."""
+
+    settings: Settings
+    model: ClipModel
+    fetch_pool: ThreadPoolExecutor
+    ahead_pool: ThreadPoolExecutor
+    stores: dict[str, ImageStore] = field(default_factory=dict)
+    sources: dict[str, Source] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def build(cls, settings: Settings) -> "WorkerContext":
+        model = load_clip(settings.clip_model, settings.clip_pretrained, settings)
+        return cls(settings, model, ThreadPoolExecutor(settings.fetch_workers, thread_name_prefix="fetch"),
+                   ThreadPoolExecutor(1, thread_name_prefix="prepare"))
+
+    def embed_context(self, source_root: str, collection: str) -> EmbedContext:
+        """The stage context for one (source, collection); the collection is checked once."""
+        with self.lock:
+            if collection not in self.stores:
+                store = ImageStore(self.settings.with_overrides(collection=collection))
+                _ensure(store, self.model)
+                self.stores[collection] = store
+            if source_root not in self.sources:
+                self.sources[source_root] = RetryingSource(open_source(source_root, self.settings))
+        return EmbedContext(self.settings, self.sources[source_root], self.model, self.stores[collection],
+                            self.fetch_pool)
+
+
+def _ensure(store: ImageStore, model: ClipModel) -> None:
+    """Create the collection if needed; a concurrent creator elsewhere is fine."""
+    try:
+        store.ensure(model.spec)
+    except Exception:
+        if not store.exists():
+            raise
+        store.ensure(model.spec)  # someone else created it meanwhile: check it matches
+
+
+def embed_stage(spec: BatchSpec, ctx: WorkerContext, jobs: JobStore) -> dict:
+    """Fetch, decode, encode and upsert one task's manifest, batch_size images per forward pass.
+
+    Fetch/decode of the next encoder batch runs in a helper thread while the current one is
+    encoded. Rows that are already indexed with the same etag and model (a redelivered
+    batch) are not encoded again; they count as indexed because the plan found them to do.
+    """
+    ectx = ctx.embed_context(spec["source"], spec["collection"])
+    size = ctx.settings.batch_size
+    manifest = spec["manifest"]
+    chunks = [manifest[i:i + size] for i in range(0, len(manifest), size)]
+    total = BatchResult()
+    encoded = 0
+    pending = ctx.ahead_pool.submit(prepare_batch, chunks[0], ectx) if chunks else None
+    for n in range(len(chunks)):
+        prepared = pending.result()
+        if n + 1 < len(chunks):
+            pending = ctx.ahead_pool.submit(prepare_batch, chunks[n + 1], ectx)
+        encoded += len(prepared.objects)
+        result = write_batch(prepared, ectx)
+        total.indexed += result.indexed
+        total.unchanged += result.unchanged
+        total.failed += result.failed
+    jobs.add_encoded(spec["job"], encoded)
+    by_uri = {m["uri"]: m for m in manifest}
+    failures = [{**f.to_dict(), "etag": by_uri[f.uri]["etag"], "size": by_uri[f.uri]["size"],
+                 "batch": spec["batch"]} for f in total.failed]
+    done = total.indexed + total.unchanged
+    return {**{k: v for k, v in spec.items() if k != "manifest"},
+            "indexed": len(done), "recovered": done if spec.get("retry") else [],
+            "failures": failures, "encoded": encoded, "stages": ["embed"]}
+
+
+def failed_batch_result(spec: BatchSpec, reason: str, message: str) -> dict:
+    """Every object of a batch dead-lettered at once (the batch itself failed for good)."""
+    failures = [{"uri": m["uri"], "reason": reason, "message": message, "etag": m["etag"], "size": m["size"],
+                 "batch": spec["batch"]} for m in spec["manifest"]]
+    return {**{k: v for k, v in spec.items() if k != "manifest"}, "indexed": 0, "recovered": [],
+            "failures": failures, "encoded": 0, "stages": ["embed"]}
+
+
+# -- ocr, caption: pass-through until their issue lands ------------------------------------------
+def ocr_stage(result: dict) -> dict:
+    """OCR text into ``texts`` (later issue). Now: records that the stage ran, passes on."""
+    return {**result, "stages": [*result.get("stages", []), "ocr"]}
+
+
+def caption_stage(result: dict) -> dict:
+    """Captions/tags into ``texts`` (later issue). Now: records that the stage ran, passes on."""
+    return {**result, "stages": [*result.get("stages", []), "caption"]}
+
+
+# -- finish ----------------------------------------------------------------------------------
+def finish_stage(result: dict, jobs: JobStore) -> dict:
+    """Count the batch in its job exactly once and write its dead letters."""
+    counted = jobs.finish_batch(result["job"], result["epoch"], result["batch"], indexed=result["indexed"],
+                                failures=result["failures"], retry=bool(result.get("retry")),
+                                recovered=result.get("recovered", []))
+    return {"job": result["job"], "batch": result["batch"], "counted": counted,
+            "stages": [*result.get("stages", []), "finish"]}

@@ -1,0 +1,193 @@
+"""Celery tasks: thin wrappers that route the stages of :mod:`ingest.stages` to queues.
+
+A batch runs as the chain ``embed | ocr | caption | finish``. A stage never raises out of
+the chain for a permanent problem: the batch's objects are dead-lettered with a reason
+instead, so ``finish`` still counts them and a job can never hang. Transient faults
+(S3, Milvus, Redis) retry with exponential backoff and jitter first.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+
+from celery import chain, signals
+from celery.exceptions import SoftTimeLimitExceeded
+
+from common.errors import ConfigError, ImgsearchError, SourceError
+from ingest.app import app, settings
+from ingest.jobs import JobStore
+from ingest.stages import (
+    BatchSpec,
+    WorkerContext,
+    batch_spec,
+    caption_stage,
+    embed_stage,
+    failed_batch_result,
+    finish_stage,
+    ocr_stage,
+    plan_job,
+)
+
+log = logging.getLogger(__name__)
+
+_state: dict[str, object] = {}
+_state_lock = threading.Lock()
+_worker_queues: set[str] = set()
+
+
+def jobs() -> JobStore:
+    """This process's job store (created after fork: sockets are never shared)."""
+    with _state_lock:
+        if "jobs" not in _state:
+            _state["jobs"] = JobStore.from_url(settings.redis_url)
+        return _state["jobs"]  # type: ignore[return-value]
+
+
+def worker_context() -> WorkerContext:
+    """This process's model and pools, built once (normally right after fork)."""
+    with _state_lock:
+        if "ctx" not in _state:
+            _state["ctx"] = WorkerContext.build(settings)
+        return _state["ctx"]  # type: ignore[return-value]
+
+
+@signals.celeryd_init.connect
+def _check_config(sender=None, conf=None, options=None, **_):
+    """Refuse to start a worker that could not do its job, with the reason."""
+    if not settings.redis_url:
+        raise ConfigError("IMGSEARCH_REDIS_URL is not set: workers need Redis (distributed mode)")
+    if not settings.milvus_uri:
+        raise ConfigError("IMGSEARCH_MILVUS_URI is not set: workers in several processes need a Milvus "
+                          "server (a Milvus Lite file serves one process only)")
+    queues = (options or {}).get("queues") or []
+    if isinstance(queues, str):
+        queues = queues.split(",")
+    _worker_queues.update(q.strip() for q in queues)
+
+
+@signals.worker_process_init.connect
+def _load_models(**_):
+    """Load the model once per pool process, after fork, before the first task arrives."""
+    if not _worker_queues or "embed" in _worker_queues:
+        try:
+            worker_context()
+        except Exception:  # the first embed task raises it again, and dead-letters with the reason
+            log.exception("could not load the model at process start")
+
+
+TRANSIENT: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError)
+
+
+def _transient_types() -> tuple[type[BaseException], ...]:
+    import botocore.exceptions
+    import redis.exceptions
+    from pymilvus.exceptions import MilvusException
+
+    return TRANSIENT + (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, MilvusException,
+                        botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectionClosedError)
+
+
+def _reset_milvus() -> None:
+    """Drop this process's Milvus clients so the retry connects afresh.
+
+    pymilvus pings idle channels every 10 s; a server enforcing gRPC's default ping policy
+    answers with GOAWAY ("Too many pings") and the cached channel can stay broken.
+    """
+    from common.store import close_clients
+
+    ctx = _state.get("ctx")
+    if isinstance(ctx, WorkerContext):
+        with ctx.lock:
+            ctx.stores.clear()
+    close_clients()
+
+
+def _countdown(retries: int) -> float:
+    """Exponential backoff with full jitter, capped at a minute."""
+    return random.uniform(0.5, min(60.0, 2.0 ** (retries + 1)))
+
+
+@app.task(name="ingest.plan", bind=True, max_retries=settings.task_max_retries)
+def plan(self, job_id: str) -> dict:
+    """List, diff and shard the job's source; enqueue one chain per batch."""
+    try:
+        return plan_job(job_id, settings, jobs(), enqueue_batch)
+    except SourceError as exc:
+        jobs().fail(job_id, str(exc))
+        return {"job": job_id, "error": str(exc)}
+    except _transient_types() as exc:
+        _reset_milvus()
+        if self.request.retries < self.max_retries:
+            raise self.retry(exc=exc, countdown=_countdown(self.request.retries)) from exc
+        jobs().fail(job_id, f"planning failed after {self.max_retries} retries: {type(exc).__name__}: {exc}")
+        raise
+    except Exception as exc:  # model mismatch, a bug: the job fails visibly instead of hanging
+        log.exception("plan failed", extra={"job": job_id})
+        jobs().fail(job_id, f"{type(exc).__name__}: {exc}")
+        return {"job": job_id, "error": str(exc)}
+
+
+@app.task(name="ingest.embed", bind=True, max_retries=settings.task_max_retries)
+def embed(self, spec: BatchSpec) -> dict:
+    """Fetch, decode, CLIP-encode and upsert one batch (GPU queue)."""
+    try:
+        if jobs().status(spec["job"]) == "cancelled":
+            return {**failed_batch_result(spec, "cancelled", "job cancelled"), "failures": []}
+        return embed_stage(spec, worker_context(), jobs())
+    except SoftTimeLimitExceeded:
+        return failed_batch_result(spec, "timeout", f"batch exceeded {settings.batch_time_limit}s")
+    except _transient_types() as exc:
+        _reset_milvus()
+        if self.request.retries < self.max_retries:
+            raise self.retry(exc=exc, countdown=_countdown(self.request.retries)) from exc
+        return failed_batch_result(spec, "batch_error", f"after {self.max_retries} retries: "
+                                                        f"{type(exc).__name__}: {exc}")
+    except ImgsearchError as exc:  # model mismatch, bad config: permanent
+        return failed_batch_result(spec, "batch_error", f"{type(exc).__name__}: {exc}")
+    except Exception as exc:  # a bug must not hang the job: dead-letter and log it
+        log.exception("embed batch failed", extra={"job": spec["job"], "batch": spec["batch"]})
+        return failed_batch_result(spec, "batch_error", f"{type(exc).__name__}: {exc}")
+
+
+@app.task(name="ingest.ocr")
+def ocr(result: dict) -> dict:
+    """OCR stage (CPU queue); pass-through until the OCR issue lands."""
+    return ocr_stage(result)
+
+
+@app.task(name="ingest.caption")
+def caption(result: dict) -> dict:
+    """Caption stage (VLM queue); pass-through until the caption issue lands."""
+    return caption_stage(result)
+
+
+@app.task(name="ingest.finish", bind=True, max_retries=100)
+def finish(self, result: dict) -> dict:
+    """Count the batch in its job exactly once, write its dead letters."""
+    try:
+        return finish_stage(result, jobs())
+    except _transient_types() as exc:
+        raise self.retry(exc=exc, countdown=_countdown(min(self.request.retries, 5))) from exc
+
+
+def enqueue_dead_letter_retry(job_id: str) -> int:
+    """Re-run a job's dead-lettered objects as new batches of the same job; returns how many."""
+    store = jobs()
+    job = store.get(job_id)
+    entries = store.dead_letters(job_id)
+    if not entries:
+        return 0
+    size = settings.batch_size * settings.batches_per_task
+    manifests = [[{k: e[k] for k in ("uri", "etag", "size")} for e in entries[i:i + size]]
+                 for i in range(0, len(entries), size)]
+    first = store.add_batches(job_id, len(manifests))
+    for n, manifest in enumerate(manifests):
+        enqueue_batch(batch_spec(job_id, job.epoch, first + n, job.source, job.collection, manifest, retry=True))
+    return len(manifests)
+
+
+def enqueue_batch(spec: BatchSpec) -> None:
+    """One chain per batch; each stage is routed to its own queue (see ``ingest.app``)."""
+    chain(embed.s(spec), ocr.s(), caption.s(), finish.s()).apply_async()

@@ -1,0 +1,90 @@
+"""Faults during a distributed job: a SIGKILLed embed worker, a Redis restart.
+
+Both must end with exact counters (indexed + unchanged + failed == listed), every image
+in Milvus exactly once, and nothing dead-lettered.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.ingest.conftest import ROOT, png_bytes
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+
+N = 240  # 15 tasks of 2 x 8 images
+
+
+def upload(dist, n: int = N) -> list[str]:
+    return [dist.put(f"lot/img{i:04d}.png", png_bytes(i)) for i in range(n)]
+
+
+def assert_complete_and_exact(dist, job_id: str, uris: list[str]) -> None:
+    job = dist.jobs().get(job_id)
+    assert job.status == "done", job.to_dict()
+    assert (job.listed, job.indexed, job.unchanged, job.failed) == (len(uris), len(uris), 0, 0)
+    assert job.batches_done == job.batches_total == len(dist.jobs().batch_records(job_id))
+    assert dist.jobs().dead_letters(job_id) == []
+    store = dist.store()
+    rows = store.client.query(store.alias, filter="id >= 0", output_fields=["uri"], limit=16384)
+    got = [r["uri"] for r in rows]
+    assert len(got) == len(set(got)), "duplicate rows"
+    assert sorted(got) == sorted(uris), "missing or extra rows"
+    assert store.count() == len(uris)
+
+
+def enqueue(dist, prefix: str) -> str:
+    run = dist.cli("ingest", f"s3://{dist.bucket}/{prefix}", "--json")
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout)["job"]
+
+
+def test_sigkilled_embed_worker_batch_comes_back_and_counts_stay_exact(dist):
+    dist.set(batch_size=8, batches_per_task=2, visibility_timeout=15, batch_time_limit=12,
+             unacked_restore_interval=1)
+    uris = upload(dist)
+    dist.start_worker("ocr,caption,finish,plan", "cpu")
+    embed = dist.start_worker("embed", "embed")
+    job_id = enqueue(dist, "lot/")
+    jobs = dist.jobs()
+    dist.wait_for(lambda: jobs.get(job_id).batches_done >= 2, 180, "two batches done")
+    dist.kill_worker(embed)
+    unacked = [json.loads(v)[2] for v in dist.redis.client().hvals("unacked")]
+    assert "embed" in unacked, "the killed worker held no embed batch"  # so one must come back
+    before = jobs.get(job_id)
+    assert before.status == "running" and before.batches_done < before.batches_total
+
+    dist.start_worker("embed", "embed-2")
+    dist.wait_for(lambda: jobs.get(job_id).finished, 300, "job done after the kill")
+    assert_complete_and_exact(dist, job_id, uris)
+
+
+def test_redis_restart_mid_job_the_job_completes(dist):
+    # an acknowledgement sent while Redis is down is lost; that batch comes back after the
+    # visibility timeout, kept short here so the test does not wait an hour
+    dist.set(batch_size=8, batches_per_task=2, visibility_timeout=15, batch_time_limit=12,
+             unacked_restore_interval=1)
+    uris = upload(dist)
+    dist.start_worker("embed", "embed")
+    dist.start_worker("ocr,caption,finish,plan", "cpu")
+    follower = subprocess.Popen([sys.executable, "-m", "imgsearch", "ingest", f"s3://{dist.bucket}/lot/",
+                                 "--wait", "--json", "--no-progress"], env=dist.env, cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        jobs = dist.jobs()
+        job_id = dist.wait_for(lambda: [j.id for j in jobs.list() if j.batches_done >= 2], 180,
+                               "two batches done")[0]
+        assert not jobs.get(job_id).finished
+        dist.redis.restart()
+        out, err = follower.communicate(timeout=300)
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.wait()
+    assert follower.returncode == 0, err + dist.logs()
+    assert json.loads(out)["id"] == job_id
+    assert_complete_and_exact(dist, job_id, uris)
