@@ -30,12 +30,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from bench.results import record_row  # noqa: E402
 from common.models.clip import load_clip  # noqa: E402
 from common.settings import Settings  # noqa: E402
 from common.store import close_clients  # noqa: E402
 from ingest.runner import run_ingest  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+ENCODE_SECTION = """## bench/encode.py — raw encoder vs embedded pipeline
+
+raw = forward pass over preprocessed batches; pipeline = `run_ingest` from a folder of
+JPEGs into Milvus Lite (list, fetch, decode, preprocess, phash, encode, upsert).
+
+| date | command | model | device | images | raw img/s | pipeline img/s | pipeline/raw | machine |
+|---|---|---|---|---|---|---|---|---|
+"""
 
 
 def make_images(folder: Path, n: int, size: tuple[int, int]) -> list[Path]:
@@ -131,8 +140,7 @@ def main() -> int:
         row = (f"| {stamp} | `bench/encode.py {' '.join(sys.argv[1:])}` | {model.spec.name} | {model.device} | "
                f"{args.images} x {w}x{h} JPEG, batch {args.batch_size} | {raw:.1f} | {pipe:.1f} | {ratio:.2f} | "
                f"{where} |\n")
-        with open(RESULTS, "a", encoding="utf-8") as fh:
-            fh.write(row)
+        record_row("## bench/encode.py", row, ENCODE_SECTION)
         print(f"recorded in {RESULTS}")
     return 0
 

@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from bench.results import record_row  # noqa: E402
 from common.models.clip import load_clip  # noqa: E402
 from common.settings import PREFIX, Settings  # noqa: E402
 
@@ -212,14 +213,10 @@ def main() -> int:
                   "job); overhead = wall time per empty `embed | ocr | caption | finish` chain.\n\n"
                   "| date | command | model | device | images | raw img/s | distributed img/s | "
                   "distributed/raw | Celery+Redis ms/batch | machine |\n|---|---|---|---|---|---|---|---|---|---|\n")
-        text = RESULTS.read_text(encoding="utf-8")
         row = (f"| {stamp} | `bench/ingest.py {' '.join(sys.argv[1:])}` | {model.spec.name} | {model.device} | "
                f"{args.images} x {w}x{h} JPEG, batch {args.batch_size}x{args.batches_per_task} | {raw:.1f} | "
                f"{best:.1f} | {ratio:.2f} | {overhead * 1000:.1f} | {where} |\n")
-        with open(RESULTS, "a", encoding="utf-8") as fh:
-            if "## bench/ingest.py" not in text:
-                fh.write(header)
-            fh.write(row)
+        record_row("## bench/ingest.py", row, header)
         print(f"recorded in {RESULTS}")
     return 0
 

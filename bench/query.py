@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 from bench.encode import machine  # noqa: E402
+from bench.results import record_row  # noqa: E402
 from common.models.clip import load_clip  # noqa: E402
 from common.settings import PREFIX, Settings  # noqa: E402
 from common.store import ImageStore  # noqa: E402
@@ -179,14 +180,12 @@ def main() -> int:
         text = (f"| {stamp} | `bench/query.py {' '.join(sys.argv[1:])}` | {args.vectors} | {cells} | "
                 f"c={args.batch_concurrency}: {batched['qps']:.0f} vs {single['qps']:.0f} qps (x{gain:.2f}) | "
                 f"{where} |\n")
-        if "## bench/query.py" not in RESULTS.read_text(encoding="utf-8"):
-            text = ("\n## bench/query.py — search in-process vs through the Redis queue\n\n"
-                    "Latency p50/p99 and QPS of the same text searches (k=10), in-process vs through Redis + one "
-                    "query worker; then the queue at one concurrency with dynamic batching vs batch size 1.\n\n"
-                    "| date | command | vectors | in-process vs queue (p50/p99, QPS) | batching vs batch-size 1 | "
-                    "machine |\n|---|---|---|---|---|---|\n") + text
-        with open(RESULTS, "a", encoding="utf-8") as fh:
-            fh.write(text)
+        record_row("## bench/query.py", text, (
+            "## bench/query.py — search in-process vs through the Redis queue\n\n"
+            "Latency p50/p99 and QPS of the same text searches (k=10), in-process vs through Redis + one "
+            "query worker; then the queue at one concurrency with dynamic batching vs batch size 1.\n\n"
+            "| date | command | vectors | in-process vs queue (p50/p99, QPS) | batching vs batch-size 1 | "
+            "machine |\n|---|---|---|---|---|---|\n"))
         print(f"recorded in {RESULTS}")
     return 0
 
