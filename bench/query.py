@@ -64,6 +64,7 @@ def build_collection(settings: Settings, n: int) -> None:
                        "width": 28, "height": 28, "bytes": 1000, "mime": "image/jpeg", "indexed_at": 0,
                        "model": model.spec.name, "clip": v.tolist(), "phash": [1.0] * 64}
                       for i, v in enumerate(vecs)])
+    store.flush()
     print(f"collection: {store.count()} vectors of {model.spec.dim}-d", flush=True)
 
 

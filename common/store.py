@@ -203,6 +203,14 @@ class ImageStore:
             found.update({int(r["id"]): r for r in rows})
         return found
 
+    def flush(self) -> None:
+        """Seal what was written so searches use the index: on Milvus Lite a search over
+        unflushed rows is a slow scan (~1 s for 20k vectors against ~0.1 s after a flush).
+        Called once at the end of an ingest, never per batch (many tiny segments are slow too)."""
+        name = self.physical_name()
+        if name is not None:
+            self.client.flush(name)
+
     def count(self) -> int:
         rows = self.client.query(self.alias, filter="", output_fields=["count(*)"])
         return int(rows[0]["count(*)"])

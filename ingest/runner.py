@@ -116,6 +116,8 @@ def run_ingest(location: str, settings: Settings, include: tuple[str, ...] = (),
                                     failed=summary.failed, refresh=False)
                 if nxt is None:
                     break
+            if summary.indexed:
+                ctx.store.flush()
         finally:
             if bar is not None:
                 bar.close()

@@ -16,6 +16,7 @@ from celery import chain, signals
 from celery.exceptions import SoftTimeLimitExceeded
 
 from common.errors import ConfigError, ImgsearchError, SourceError
+from common.store import ImageStore
 from ingest.app import app, settings
 from ingest.jobs import JobStore
 from ingest.stages import (
@@ -167,7 +168,11 @@ def caption(result: dict) -> dict:
 def finish(self, result: dict) -> dict:
     """Count the batch in its job exactly once, write its dead letters."""
     try:
-        return finish_stage(result, jobs())
+        done = finish_stage(result, jobs())
+        job = jobs().get(result["job"])
+        if job.finished and job.indexed:
+            ImageStore(settings, alias=job.collection).flush()  # searches then use the index
+        return done
     except _transient_types() as exc:
         raise self.retry(exc=exc, countdown=_countdown(min(self.request.retries, 5))) from exc
 
