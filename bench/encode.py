@@ -17,19 +17,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import tempfile
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
 
+from bench.harness import machine, raw_encoder_rate, smooth_jpeg  # noqa: E402
 from bench.results import record_row  # noqa: E402
 from common.models.clip import load_clip  # noqa: E402
 from common.settings import Settings  # noqa: E402
@@ -48,31 +45,13 @@ JPEGs into Milvus Lite (list, fetch, decode, preprocess, phash, encode, upsert).
 
 
 def make_images(folder: Path, n: int, size: tuple[int, int]) -> list[Path]:
-    """Smooth random colour fields saved as JPEG: realistic decode cost, no data set needed."""
-    rng = np.random.default_rng(0)
-    w, h = size
+    """``n`` benchmark JPEGs in ``folder``."""
     paths = []
     for i in range(n):
-        small = rng.integers(0, 255, (h // 16 + 1, w // 16 + 1, 3), dtype=np.uint8)
-        img = Image.fromarray(small).resize((w, h), Image.Resampling.BICUBIC)
         path = folder / f"img{i:05d}.jpg"
-        img.save(path, "JPEG", quality=90)
+        path.write_bytes(smooth_jpeg(i, size))
         paths.append(path)
     return paths
-
-
-def bench_raw(model, paths: list[Path], batch_size: int, repeats: int) -> float:
-    """Images/s of the forward pass alone (inputs preprocessed beforehand)."""
-    images = [Image.open(p).convert("RGB") for p in paths]
-    batches = [model.preprocess_images(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
-    model.encode_image_tensors(batches[0])  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for batch in batches:
-            model.encode_image_tensors(batch)
-        best = min(best, time.perf_counter() - start)
-    return len(images) / best
 
 
 def bench_pipeline(settings: Settings, folder: Path, repeats: int) -> float:
@@ -84,21 +63,6 @@ def bench_pipeline(settings: Settings, folder: Path, repeats: int) -> float:
         assert summary.failed == 0 and summary.indexed == summary.listed, summary.render()
         best = max(best, summary.indexed / summary.seconds)
     return best
-
-
-def machine() -> str:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}, threads {torch.get_num_threads()}"
 
 
 def main() -> int:
@@ -123,7 +87,7 @@ def main() -> int:
                                      clip_pretrained=args.pretrained, device=args.device,
                                      batch_size=args.batch_size)
         model = load_clip(args.model, args.pretrained, settings)
-        raw = bench_raw(model, paths, args.batch_size, args.repeats)
+        raw = raw_encoder_rate(model, [p.read_bytes() for p in paths], args.batch_size, args.repeats)
         pipe = bench_pipeline(settings, folder, args.repeats)
         close_clients()
 

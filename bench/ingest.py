@@ -19,7 +19,6 @@ Not a test: nothing here asserts a speed. ``--record`` appends a row to bench/RE
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import signal
 import subprocess
@@ -33,37 +32,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
 
+from bench.harness import machine, raw_encoder_rate, smooth_jpeg  # noqa: E402
 from bench.results import record_row  # noqa: E402
 from common.models.clip import load_clip  # noqa: E402
 from common.settings import PREFIX, Settings  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-
-
-def jpeg(i: int, size: tuple[int, int]) -> bytes:
-    """Smooth random colour fields as JPEG (same recipe as bench/encode.py)."""
-    rng = np.random.default_rng(i)
-    w, h = size
-    small = rng.integers(0, 255, (h // 16 + 1, w // 16 + 1, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(small).resize((w, h), Image.Resampling.BICUBIC).save(buf, "JPEG", quality=90)
-    return buf.getvalue()
-
-
-def bench_raw(model, images: list[bytes], batch_size: int, repeats: int) -> float:
-    pics = [Image.open(io.BytesIO(b)).convert("RGB") for b in images]
-    batches = [model.preprocess_images(pics[i:i + batch_size]) for i in range(0, len(pics), batch_size)]
-    model.encode_image_tensors(batches[0])
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for batch in batches:
-            model.encode_image_tensors(batch)
-        best = min(best, time.perf_counter() - start)
-    return len(pics) / best
 
 
 def wait_done(store, job_id: str, timeout: float = 1800) -> object:
@@ -107,26 +82,6 @@ def chain_overhead(settings: Settings, n: int) -> float:
     return (time.perf_counter() - start) / n
 
 
-def machine() -> str:
-    import torch
-
-    cpu = platform_cpu()
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}"
-
-
-def platform_cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.machine()
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="imgsearch-fmnist-lit-minilm")
@@ -161,14 +116,14 @@ def main() -> int:
 
         client = s3.client()
         client.create_bucket(Bucket="bench")
-        images = [jpeg(i, (w, h)) for i in range(args.images)]
+        images = [smooth_jpeg(i, (w, h)) for i in range(args.images)]
         for i, body in enumerate(images):
             client.put_object(Bucket="bench", Key=f"imgs/{i:06d}.jpg", Body=body)
         for i in range(args.batch_size):
             client.put_object(Bucket="bench", Key=f"warm/{i:06d}.jpg", Body=images[i])
 
         model = load_clip(args.model, args.pretrained, settings)  # also assembles the checkpoint once
-        raw = bench_raw(model, images, args.batch_size, args.repeats)
+        raw = raw_encoder_rate(model, images, args.batch_size, args.repeats)
 
         try:
             for queues in ("embed", "ocr,caption,finish,plan"):
