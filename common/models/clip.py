@@ -109,7 +109,7 @@ def download_checkpoint(uri: str, settings: Settings) -> Path:
     target = settings.cache_dir / "checkpoints" / "s3" / f"{tag}-{Path(key).name}"
     if not target.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(target.suffix + ".part")
+        tmp = target.with_suffix(f"{target.suffix}.{os.getpid()}.part")
         client.download_file(bucket, key, str(tmp))
         tmp.replace(target)
     return target

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import threading
 from pathlib import Path
 
@@ -67,7 +68,7 @@ def register_config(cache_dir: Path) -> None:
         path = target_dir / f"{REFERENCE_MODEL}.json"
         text = json.dumps(resolved_config(), indent=2)
         if not path.exists() or path.read_text(encoding="utf-8") != text:
-            tmp = path.with_suffix(".tmp")
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")  # several processes may write at once
             tmp.write_text(text, encoding="utf-8")
             tmp.replace(path)
         open_clip.add_model_config(target_dir)
@@ -118,7 +119,7 @@ def reference_checkpoint(cache_dir: Path) -> Path:
         del missing, unexpected
         state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".tmp")
+        tmp = out.with_suffix(f".{os.getpid()}.tmp")  # several processes may write at once
         save_file(state, str(tmp))
         tmp.replace(out)
     return out

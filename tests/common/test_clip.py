@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import open_clip
 import pytest
@@ -79,3 +82,23 @@ def test_missing_weights_are_explained(make_settings, tmp_path):
         resolve_weights("ViT-B-32", "", settings)
     with pytest.raises(ConfigError, match="checkpoint file not found"):
         resolve_weights("ViT-B-32", str(tmp_path / "nope.pt"), settings)
+
+
+def test_processes_assembling_the_reference_checkpoint_at_once_do_not_collide(tmp_path):
+    # Workers start together on a fresh machine; each may build the model cache.
+    import subprocess
+    import sys
+
+    code = ("import sys; from pathlib import Path; from common.models.reference import reference_checkpoint; "
+            "print(reference_checkpoint(Path(sys.argv[1])))")
+    root = Path(__file__).resolve().parents[2]
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=root, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(root)}) for _ in range(3)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err.decode()[-2000:] for _, err in outs]
+    paths = {out.decode().strip() for out, _ in outs}
+    assert len(paths) == 1
+    from safetensors.torch import load_file
+
+    assert len(load_file(paths.pop())) > 10
+    assert not list(tmp_path.rglob("*.tmp"))
