@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -353,20 +354,8 @@ class S3Server:
     def _terminate(self, timeout: float = 10.0) -> None:
         proc, self._proc = self._proc, None
         if proc is not None:
-            # weed runs as the leader of its own session/process group; signal
-            # the group only while the leader is unreaped, so the id is ours.
-            for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
-                if proc.poll() is not None:
-                    break
-                try:
-                    os.killpg(proc.pid, sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    proc.wait(wait)
-                except subprocess.TimeoutExpired:
-                    continue
-                break
+            # weed runs as the leader of its own session/process group.
+            _stop_process_group(proc, timeout)
             # weed leaves some /tmp/seaweedfs-<kind>-grpc-<port>.sock behind
             # even on a clean exit; the ports were ours, so are the sockets.
             if proc.poll() is not None:
@@ -385,7 +374,10 @@ class _PortClash(Exception):
 
 
 def _stop_process_group(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
-    """SIGTERM the process group of ``proc`` (its session leader), then SIGKILL."""
+    """SIGTERM the process group of ``proc`` (its session leader), then SIGKILL.
+
+    The group is signalled only while the leader is unreaped, so the id is still ours.
+    """
     if proc is None:
         return
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
@@ -400,6 +392,30 @@ def _stop_process_group(proc: subprocess.Popen[bytes] | None, timeout: float = 1
             return
         except subprocess.TimeoutExpired:
             continue
+
+
+def _launch_and_wait(name: str, command: list[str], log_path: Path, ready: Callable[[], bool],
+                     timeout: float, interval: float) -> subprocess.Popen[bytes]:
+    """Start ``command`` in its own session, output to ``log_path``; return once ``ready()``.
+
+    Raises ``ServerError`` with the log's tail if the process exits first or ``timeout`` passes.
+    """
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise ServerError(f"{name} exited with {proc.returncode}:\n{_tail(log_path)}")
+        try:
+            if ready():
+                return proc
+        except Exception:  # not up yet
+            pass
+        if time.monotonic() > deadline:
+            _stop_process_group(proc)
+            raise ServerError(f"{name} not ready in {timeout:g}s:\n{_tail(log_path)}")
+        time.sleep(interval)
 
 
 def find_redis_server() -> str:
@@ -451,26 +467,19 @@ class RedisServer:
             self.port = free_port()
         command = [find_redis_server(), "--bind", HOST, "--port", str(self.port), "--dir", str(self.workdir),
                    "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--protected-mode", "no"]
-        log = open(self.workdir / "server.log", "ab")
-        self._proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                      start_new_session=True)
-        log.close()
-        deadline = time.monotonic() + self.start_timeout
-        while True:
-            if self._proc.poll() is not None:
-                raise ServerError(f"redis-server exited with {self._proc.returncode}:\n"
-                                  f"{_tail(self.workdir / 'server.log')}")
-            try:
-                with socket.create_connection((HOST, self.port), timeout=1) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
-                        return self
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise ServerError(f"redis-server on port {self.port} not ready in {self.start_timeout:g}s")
-            time.sleep(0.05)
+
+        def ready() -> bool:
+            with socket.create_connection((HOST, self.port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+
+        try:
+            self._proc = _launch_and_wait(f"redis-server on port {self.port}", command,
+                                          self.workdir / "server.log", ready, self.start_timeout, 0.05)
+        except ServerError:
+            self.stop()
+            raise
+        return self
 
     def stop(self, *, keep_dir: bool = False) -> None:
         proc, self._proc = self._proc, None
@@ -525,31 +534,25 @@ class MilvusLiteServer:
             exe = Path(found)
         self.workdir = Path(tempfile.mkdtemp(prefix="milvus-lite-"))
         self.port = free_port()
-        log = open(self.workdir / "server.log", "ab")
-        self._proc = subprocess.Popen(
-            [str(exe), "server", "--data-dir", str(self.workdir / "data"), "--host", HOST, "--port", str(self.port)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
-        deadline = time.monotonic() + self.start_timeout
         from pymilvus import MilvusClient
 
-        while True:
-            if self._proc.poll() is not None:
-                raise ServerError(f"milvus-lite server exited with {self._proc.returncode}:\n"
-                                  f"{_tail(self.workdir / 'server.log')}")
-            try:
-                with socket.create_connection((HOST, self.port), timeout=1):
-                    pass
-                client = MilvusClient(uri=self.uri, timeout=5)
-                client.list_collections()
-                client.close()
-                return self
-            except Exception:  # not up yet
+        def ready() -> bool:
+            with socket.create_connection((HOST, self.port), timeout=1):
                 pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise ServerError(f"milvus-lite server on port {self.port} not ready in {self.start_timeout:g}s")
-            time.sleep(0.2)
+            client = MilvusClient(uri=self.uri, timeout=5)
+            client.list_collections()
+            client.close()
+            return True
+
+        command = [str(exe), "server", "--data-dir", str(self.workdir / "data"), "--host", HOST,
+                   "--port", str(self.port)]
+        try:
+            self._proc = _launch_and_wait(f"milvus-lite server on port {self.port}", command,
+                                          self.workdir / "server.log", ready, self.start_timeout, 0.2)
+        except ServerError:
+            self.stop()
+            raise
+        return self
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
