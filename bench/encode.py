@@ -19,7 +19,6 @@ import argparse
 import os
 import sys
 import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -100,11 +99,9 @@ def main() -> int:
     print(f"embedded pipeline{pipe:9.1f} images/s")
     print(f"pipeline / raw   {ratio:9.2f}")
     if args.record:
-        stamp = datetime.now(UTC).strftime("%Y-%m-%d")
-        row = (f"| {stamp} | `bench/encode.py {' '.join(sys.argv[1:])}` | {model.spec.name} | {model.device} | "
-               f"{args.images} x {w}x{h} JPEG, batch {args.batch_size} | {raw:.1f} | {pipe:.1f} | {ratio:.2f} | "
-               f"{where} |\n")
-        record_row("## bench/encode.py", row, ENCODE_SECTION)
+        record_row("## bench/encode.py", [model.spec.name, model.device, f"{args.images} x {w}x{h} JPEG, batch "
+                                          f"{args.batch_size}", f"{raw:.1f}", f"{pipe:.1f}", f"{ratio:.2f}", where],
+                   ENCODE_SECTION)
         print(f"recorded in {RESULTS}")
     return 0
 

@@ -25,7 +25,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -161,17 +160,15 @@ def main() -> int:
     print(f"ratio        {ratio:9.2f}")
     print(f"overhead     {overhead * 1000:9.1f} ms per batch (empty chain: 4 queue hops + counters)")
     if args.record:
-        stamp = datetime.now(UTC).strftime("%Y-%m-%d")
         header = ("\n## bench/ingest.py — distributed ingest vs raw encoder\n\n"
                   "raw = forward pass over preprocessed batches in the bench process; distributed = "
                   "S3 -> 2 Celery workers -> milvus-lite server, submit to job done (after a warm-up "
                   "job); overhead = wall time per empty `embed | ocr | caption | finish` chain.\n\n"
                   "| date | command | model | device | images | raw img/s | distributed img/s | "
                   "distributed/raw | Celery+Redis ms/batch | machine |\n|---|---|---|---|---|---|---|---|---|---|\n")
-        row = (f"| {stamp} | `bench/ingest.py {' '.join(sys.argv[1:])}` | {model.spec.name} | {model.device} | "
-               f"{args.images} x {w}x{h} JPEG, batch {args.batch_size}x{args.batches_per_task} | {raw:.1f} | "
-               f"{best:.1f} | {ratio:.2f} | {overhead * 1000:.1f} | {where} |\n")
-        record_row("## bench/ingest.py", row, header)
+        inputs = f"{args.images} x {w}x{h} JPEG, batch {args.batch_size}x{args.batches_per_task}"
+        record_row("## bench/ingest.py", [model.spec.name, model.device, inputs, f"{raw:.1f}", f"{best:.1f}",
+                                          f"{ratio:.2f}", f"{overhead * 1000:.1f}", where], header)
         print(f"recorded in {RESULTS}")
     return 0
 

@@ -27,7 +27,6 @@ import tempfile
 import threading
 import time
 from dataclasses import fields
-from datetime import UTC, datetime
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -174,14 +173,11 @@ def main() -> int:
         print(f"machine {where}")
 
     if args.record:
-        stamp = datetime.now(UTC).strftime("%Y-%m-%d")
         cells = "; ".join(f"c={c}: {lo['p50']:.1f}/{lo['p99']:.1f} ms {lo['qps']:.0f} qps vs "
                           f"{q['p50']:.1f}/{q['p99']:.1f} ms {q['qps']:.0f} qps (+{q['p50'] - lo['p50']:.1f} ms p50)"
                           for c, lo, q in rows)
-        text = (f"| {stamp} | `bench/query.py {' '.join(sys.argv[1:])}` | {args.vectors} | {cells} | "
-                f"c={args.batch_concurrency}: {batched['qps']:.0f} vs {single['qps']:.0f} qps (x{gain:.2f}) | "
-                f"{where} |\n")
-        record_row("## bench/query.py", text, (
+        batching = f"c={args.batch_concurrency}: {batched['qps']:.0f} vs {single['qps']:.0f} qps (x{gain:.2f})"
+        record_row("## bench/query.py", [args.vectors, cells, batching, where], (
             "## bench/query.py — search in-process vs through the Redis queue\n\n"
             "Latency p50/p99 and QPS of the same text searches (k=10), in-process vs through Redis + one "
             "query worker; then the queue at one concurrency with dynamic batching vs batch size 1.\n\n"

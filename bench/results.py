@@ -7,18 +7,24 @@ a row goes after that section's last table row, and a missing section is added a
 
 from __future__ import annotations
 
+import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 
-def record_row(heading: str, row: str, section: str, path: Path = RESULTS) -> None:
-    """Insert ``row`` (one ``| ... |`` line) at the end of the table under ``heading``.
+def record_row(heading: str, cells: list[object], section: str, path: Path = RESULTS) -> None:
+    """Record one run: today's date, the command as run, then ``cells``, at the end of the
+    table under ``heading`` (``## bench/<name>.py``).
 
     ``section`` is the full text (heading, explanation, table header) used when the file
     has no such heading yet.
     """
-    row = row.rstrip("\n") + "\n"
+    script = f"bench/{Path(sys.argv[0]).name}"
+    command = " ".join([script, *sys.argv[1:]])
+    row = "| " + " | ".join([datetime.now(UTC).strftime("%Y-%m-%d"), f"`{command}`", *map(str, cells)]) + " |"
+    row += "\n"
     text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
     lines = text.splitlines(keepends=True)
     start = next((i for i, line in enumerate(lines) if line.startswith(heading)), None)
