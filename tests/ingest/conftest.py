@@ -21,6 +21,7 @@ import pytest
 from PIL import Image
 
 from common.settings import PREFIX, Settings
+from tests.servers import imgsearch_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -89,11 +90,7 @@ class Cluster:
 
     @property
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(PREFIX)}
-        env.update({PREFIX + k: v for k, v in self.vars.items()})
-        env.update({"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                    "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"})
-        return env
+        return imgsearch_env(self.vars)
 
     @property
     def settings(self) -> Settings:

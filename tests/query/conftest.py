@@ -18,19 +18,16 @@ from pathlib import Path
 import pytest
 import redis
 
-from common.settings import PREFIX, Settings
+from common.settings import Settings
 from query.protocol import HEARTBEAT_FRESH_MS, heartbeat_key
+from tests.servers import imgsearch_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that makes a subprocess read exactly ``settings``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(PREFIX)}
-    env.update({PREFIX + f.name.upper(): str(getattr(settings, f.name)) for f in fields(settings)})
-    env.update(PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               OMP_NUM_THREADS="1")
-    return env
+    return imgsearch_env({f.name.upper(): str(getattr(settings, f.name)) for f in fields(settings)})
 
 
 class WorkerProcess:
