@@ -78,8 +78,9 @@ def cmd_ingest(args, settings) -> int:
 
 
 def _follow(job_id: str, settings, args) -> int:
-    from ingest.distributed import render, wait
     from ingest.jobs import JobStore
+
+    from ingest.distributed import render, wait
 
     job = wait(job_id, settings, progress=_progress(args))
     dead = JobStore.from_url(settings.redis_url).dead_letters(job_id)
@@ -111,8 +112,9 @@ def cmd_worker(args, settings) -> int:
 
 def cmd_jobs(args, settings) -> int:
     _need_redis(settings)
-    from ingest.distributed import render
     from ingest.jobs import JobStore
+
+    from ingest.distributed import render
 
     store = JobStore.from_url(settings.redis_url)
     if args.jobs_command == "list":
