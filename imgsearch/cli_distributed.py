@@ -78,8 +78,7 @@ def cmd_ingest(args, settings) -> int:
 
 
 def _follow(job_id: str, settings, args) -> int:
-    from ingest.jobs import JobStore
-
+    from common.jobs import JobStore
     from ingest.distributed import render, wait
 
     job = wait(job_id, settings, progress=_progress(args))
@@ -112,8 +111,7 @@ def cmd_worker(args, settings) -> int:
 
 def cmd_jobs(args, settings) -> int:
     _need_redis(settings)
-    from ingest.jobs import JobStore
-
+    from common.jobs import JobStore
     from ingest.distributed import render
 
     store = JobStore.from_url(settings.redis_url)
@@ -134,7 +132,7 @@ def cmd_jobs(args, settings) -> int:
 
 def cmd_dead_letters(args, settings) -> int:
     _need_redis(settings)
-    from ingest.jobs import JobStore
+    from common.jobs import JobStore
 
     store = JobStore.from_url(settings.redis_url)
     if args.dl_command == "list":

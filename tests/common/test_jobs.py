@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from ingest.jobs import JobNotFoundError, JobStore
+
+from common.jobs import JobNotFoundError, JobStore
 
 pytestmark = pytest.mark.integration
 
