@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-from bench.harness import machine, raw_encoder_rate, smooth_jpeg  # noqa: E402
+from bench.harness import machine, raw_encoder_rate, smooth_jpeg, stop_cleanly_on_sigterm  # noqa: E402
 from bench.results import record_row  # noqa: E402
 from common.models.clip import load_clip  # noqa: E402
 from common.settings import PREFIX, Settings  # noqa: E402
@@ -112,6 +112,7 @@ def main() -> int:
     parser.add_argument("--note", default="", help="appended to the machine column (e.g. 'shared')")
     parser.add_argument("--record", action="store_true", help="append the result to bench/RESULTS.md")
     args = parser.parse_args()
+    stop_cleanly_on_sigterm()
     w, h = (int(v) for v in args.size.lower().split("x"))
 
     from tests.servers import MilvusLiteServer, RedisServer, S3Server

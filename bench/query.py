@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from bench.harness import machine  # noqa: E402
+from bench.harness import machine, stop_cleanly_on_sigterm  # noqa: E402
 from bench.results import record_row  # noqa: E402
 from common.models.clip import load_clip  # noqa: E402
 from common.settings import PREFIX, Settings  # noqa: E402
@@ -192,6 +192,7 @@ def main() -> int:
     parser.add_argument("-k", type=int, default=10)
     parser.add_argument("--record", action="store_true", help="append the result to bench/RESULTS.md")
     args = parser.parse_args()
+    stop_cleanly_on_sigterm()
     levels = [int(c) for c in args.concurrency.split(",")]
 
     with tempfile.TemporaryDirectory(prefix="imgsearch-qbench-") as tmp, RedisServer() as rs, \
