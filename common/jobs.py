@@ -28,6 +28,8 @@ from common.errors import ImgsearchError
 
 PREFIX = "imgsearch:"
 COUNTERS = ("listed", "unchanged", "indexed", "failed", "batches_total", "batches_done", "encoded")
+# What a re-index's diff found (new + changed + unchanged == listed) and what it deleted.
+REINDEX_COUNTERS = ("new", "changed", "removed")
 ACTIVE = ("planning", "running")
 
 _FINISH_LUA = """
@@ -102,9 +104,11 @@ class Job:
     finished_at: float | None = None
     error: str = ""
     counters: dict[str, int] = field(default_factory=dict)
+    kind: str = "ingest"  # ingest | reindex | migrate
+    options: dict = field(default_factory=dict)  # per kind: a migration's model, a run's lock ...
 
     def __getattr__(self, name: str) -> int:
-        if name in COUNTERS:
+        if name in COUNTERS or name in REINDEX_COUNTERS:
             return self.counters.get(name, 0)
         raise AttributeError(name)
 
@@ -120,10 +124,17 @@ class Job:
     def to_dict(self) -> dict:
         return {"id": self.id, "source": self.source, "collection": self.collection, "status": self.status,
                 "include": self.include, "created_at": self.created_at, "finished_at": self.finished_at,
-                "error": self.error or None, **{c: self.counters.get(c, 0) for c in COUNTERS}}
+                "error": self.error or None, **{c: self.counters.get(c, 0) for c in COUNTERS},
+                "kind": self.kind, "options": self.options,
+                **({c: self.counters.get(c, 0) for c in REINDEX_COUNTERS} if self.kind != "ingest" else {})}
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex[:12]
 
 
 def redis_client(url: str):
+
     """A Redis client that retries transient connection errors with backoff and jitter."""
     import redis
     from redis.backoff import EqualJitterBackoff
@@ -153,12 +164,14 @@ class JobStore:
         return f"{PREFIX}job:{job_id}" + (f":{part}" if part else "")
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def create(self, source: str, collection: str, include: Iterable[str] = ()) -> str:
-        job_id = uuid.uuid4().hex[:12]
+    def create(self, source: str, collection: str, include: Iterable[str] = (), *, kind: str = "ingest",
+               options: dict | None = None, job_id: str | None = None) -> str:
+        job_id = job_id or new_job_id()
         now = time.time()
         mapping = {"source": source, "collection": collection, "include": json.dumps(list(include)),
                    "status": "planning", "created_at": repr(now), "epoch": "0", "planned": "0",
-                   **{c: "0" for c in COUNTERS}}
+                   "kind": kind, "options": json.dumps(options or {}),
+                   **{c: "0" for c in COUNTERS + REINDEX_COUNTERS}}
         pipe = self.r.pipeline()
         pipe.hset(self.key(job_id), mapping=mapping)
         pipe.zadd(PREFIX + "jobs", {job_id: now})
@@ -170,7 +183,8 @@ class JobStore:
         self.get(job_id)
         epoch = int(self.r.hincrby(self.key(job_id), "epoch", 1))
         pipe = self.r.pipeline()
-        pipe.hset(self.key(job_id), mapping={"planned": "0", **{c: "0" for c in COUNTERS if c != "encoded"}})
+        zeroed = {c: "0" for c in COUNTERS + REINDEX_COUNTERS if c != "encoded"}
+        pipe.hset(self.key(job_id), mapping={"planned": "0", **zeroed})
         pipe.delete(self.key(job_id, "batches"), self.key(job_id, "dead"))
         pipe.execute()
         return epoch
@@ -223,6 +237,16 @@ class JobStore:
         return int(self._finish(keys=[self.key(job_id), self.key(job_id, "batches"), self.key(job_id, "dead")],
                                 args=args))
 
+    def set_fields(self, job_id: str, epoch: int, **values) -> None:
+        """Extra plan results of the current epoch (a re-index's new/changed/removed)."""
+        if self.epoch(job_id) == epoch:
+            self.r.hset(self.key(job_id), mapping={k: str(v) for k, v in values.items()})
+
+    def set_options(self, job_id: str, **values) -> None:
+        """Merge ``values`` into the job's options (a migration records its alias swap)."""
+        job = self.get(job_id)
+        self.r.hset(self.key(job_id), "options", json.dumps({**job.options, **values}))
+
     # -- reading -----------------------------------------------------------------------------
     def epoch(self, job_id: str) -> int:
         return int(self.r.hget(self.key(job_id), "epoch") or 0)
@@ -240,7 +264,8 @@ class JobStore:
                    include=json.loads(h.get("include", "[]")), epoch=int(h.get("epoch", 0)),
                    planned=h.get("planned") == "1",
                    finished_at=float(h["finished_at"]) if h.get("finished_at") else None,
-                   error=h.get("error", ""), counters={c: int(h.get(c, 0)) for c in COUNTERS})
+                   error=h.get("error", ""), counters={c: int(h.get(c, 0)) for c in COUNTERS + REINDEX_COUNTERS},
+                   kind=h.get("kind", "ingest"), options=json.loads(h.get("options", "{}")))
 
     def list(self, limit: int = 50) -> list[Job]:
         ids = [i.decode() for i in self.r.zrevrange(PREFIX + "jobs", 0, limit - 1)]

@@ -113,6 +113,13 @@ class Settings:
     worker_max_memory_mb: int = field(default=8192, metadata={
         "help": "A worker process is replaced after a task leaves it above this resident "
                 "memory (MiB; 0 = no limit)."})
+    # -- re-index schedules (issue 6; run by `imgsearch beat`) -----------------------------------
+    schedules: str = field(default="", metadata={
+        "help": 'Re-index schedules as JSON, source -> cron (minute hour day month weekday, UTC), '
+                'e.g. {"s3://photos/shop/": "0 2 * * *"}. Empty: no schedules.'})
+    schedule_lock_ttl: int = field(default=3600, metadata={
+        "help": "Seconds the per-source re-index lock lives without renewal; renewed at every "
+                "planned page and finished batch, released when the run ends."})
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
@@ -157,14 +164,20 @@ class Settings:
         if self.device != "auto" and self.device.split(":")[0] not in ("cpu", "cuda", "mps"):
             raise ConfigError(f"{PREFIX}DEVICE must be auto, cpu, cuda[:N] or mps, got {self.device!r}")
         _validate_query(self)
+        _validate_schedules(self)
 
     @property
     def cache_dir(self) -> Path:
         """Model cache: assembled and downloaded checkpoints, generated configs."""
         return Path(self.model_cache_dir).expanduser() if self.model_cache_dir else self.data_dir / "models"
 
+    def schedule_map(self) -> dict[str, str]:
+        """The re-index schedules: {source: cron}."""
+        return parse_schedules(self.schedules)
+
     @property
     def embedded(self) -> bool:
+
         """True when no Redis is configured: stages run in-process."""
         return not self.redis_url
 
@@ -197,6 +210,35 @@ def _validate_query(settings: "Settings") -> None:
         raise ConfigError(f"{PREFIX}QUERY_MAX_WAIT_MS must be >= 0, got {settings.query_max_wait_ms}")
     if not settings.query_stream or not settings.query_group:
         raise ConfigError(f"{PREFIX}QUERY_STREAM and {PREFIX}QUERY_GROUP must not be empty")
+
+
+def _validate_schedules(settings: "Settings") -> None:
+    """Checks for the schedules block (issue 6): well-formed JSON, five cron fields each."""
+    if settings.schedule_lock_ttl < 10:
+        raise ConfigError(f"{PREFIX}SCHEDULE_LOCK_TTL must be >= 10 seconds, got {settings.schedule_lock_ttl}")
+    settings.schedule_map()
+
+
+def parse_schedules(raw: str) -> dict[str, str]:
+    """``IMGSEARCH_SCHEDULES`` -> {source: cron}; a clear error for anything else."""
+    import json
+
+    if not raw.strip():
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{PREFIX}SCHEDULES must be a JSON object (source -> cron): {exc}") from None
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise ConfigError(f'{PREFIX}SCHEDULES must map sources to cron strings, e.g. '
+                          f'{{"s3://bucket/prefix/": "0 2 * * *"}}, got {raw!r}')
+    for source, cron in value.items():
+        if not source.strip():
+            raise ConfigError(f"{PREFIX}SCHEDULES has an empty source")
+        if len(cron.split()) != 5:
+            raise ConfigError(f"{PREFIX}SCHEDULES: cron for {source!r} needs 5 fields "
+                              f"(minute hour day month weekday), got {cron!r}")
+    return {k.strip(): " ".join(v.split()) for k, v in value.items()}
 
 
 def _parse(name: str, type_name: str, raw: str) -> Any:

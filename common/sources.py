@@ -48,6 +48,12 @@ def _included(name: str, include: tuple[str, ...]) -> bool:
     return not include or any(fnmatch.fnmatch(name.lower(), pat.lower()) for pat in include)
 
 
+def uri_included(uri: str, include: tuple[str, ...]) -> bool:
+    """Whether a listed object's URI passes the ``--include`` patterns its source applied."""
+    return _included(unquote(uri.rsplit("/", 1)[-1]), include)
+
+
+
 class LocalFiles(Source):
     """Reads ``file://`` URIs; the base of :class:`LocalSource`, usable without a root."""
 

@@ -55,6 +55,15 @@ class _LiteUnimplementedFilter(logging.Filter):
         return "Method not implemented" not in record.getMessage()
 
 
+class _IteratorTimestampFilter(logging.Filter):
+    """Milvus Lite (file or ``milvus-lite server``) returns no MVCC timestamp to a query
+    iterator; pymilvus then reads at the client's current time, which is what our full-scan
+    readers (re-index, migration) want. Its WARNING per scan is dropped; nothing else is."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "failed to get mvccTs" not in record.getMessage()
+
+
 _clients: dict[str, object] = {}
 _clients_lock = threading.Lock()
 
@@ -71,7 +80,11 @@ def milvus_client(settings: Settings):
                 grpc_log = logging.getLogger("grpc._server")
                 if not any(isinstance(f, _LiteUnimplementedFilter) for f in grpc_log.filters):
                     grpc_log.addFilter(_LiteUnimplementedFilter())
+            it_log = logging.getLogger("pymilvus.client.iterator.query_iterator")
+            if not any(isinstance(f, _IteratorTimestampFilter) for f in it_log.filters):
+                it_log.addFilter(_IteratorTimestampFilter())
             kwargs = {"token": settings.milvus_token} if settings.milvus_token else {}
+
             _clients[uri] = MilvusClient(uri, **kwargs)
         return _clients[uri]
 
@@ -101,12 +114,11 @@ class ImageStore:
         """The versioned collection behind the alias, or None when nothing exists yet."""
         # Ask the alias list first: describe_alias of a missing alias logs an RPC ERROR line.
         if self.alias not in (self.client.list_aliases().get("aliases") or []):
-            return None
-        try:
-            info = self.client.describe_alias(self.alias)
-        except Exception:
-            return None
-        name = info.get("collection_name") if info else None
+            # A store may also be opened on a physical version (``images_v2``): a migration
+            # writes there before the alias moves, and a query worker pins one version.
+            name = self.alias if self.alias in self.client.list_collections() else None
+        else:
+            name = resolve_alias(self.client, self.alias)
         if name and name not in self._loaded:
             self._load(name)
         return name
@@ -155,11 +167,26 @@ class ImageStore:
         return name
 
     def _next_version_name(self) -> str:
-        existing = set(self.client.list_collections())
-        version = 1
-        while f"{self.alias}_v{version}" in existing:
-            version += 1
-        return f"{self.alias}_v{version}"
+        """One above the highest version ever seen, so a dropped version's name is not reused."""
+        versions = [version_of(self.alias, name) for name in self.client.list_collections()]
+        return f"{self.alias}_v{max([v for v in versions if v is not None], default=0) + 1}"
+
+    def create_version(self, spec: ModelSpec) -> str:
+        """A new empty physical collection ``<alias>_v<N+1>`` for ``spec``; the alias stays put
+        (a migration fills it, then :meth:`point_alias` makes it live)."""
+        name = self._next_version_name()
+        self._create(name, spec)
+        return name
+
+    def point_alias(self, name: str) -> str | None:
+        """Make the alias point to ``name`` in one atomic step (``alter_alias``): every search
+        runs wholly on the old or wholly on the new collection. Returns the previous target."""
+        previous = self.physical_name()
+        if previous is None:
+            self.client.create_alias(name, self.alias)
+        elif previous != name:
+            self.client.alter_alias(name, self.alias)
+        return previous
 
     def _create(self, name: str, spec: ModelSpec) -> None:
         from pymilvus import DataType, MilvusClient
@@ -211,6 +238,27 @@ class ImageStore:
         if name is not None:
             self.client.flush(name)
 
+    def delete(self, ids: Iterable[int]) -> int:
+        """Delete rows by id (chunked); returns how many ids were asked for.
+
+        Callers remove images through :func:`ingest.removal.remove_images`, which also removes
+        their text rows; this only touches this collection."""
+        ids = [int(i) for i in ids]
+        for start in range(0, len(ids), QUERY_IDS):
+            self.client.delete(self.alias, filter=f"id in {ids[start:start + QUERY_IDS]}")
+        return len(ids)
+
+    def iter_rows(self, fields: Sequence[str], filter_expr: str = "", batch: int = QUERY_IDS):
+        """Every row matching ``filter_expr`` (our own expressions only), in pages: a whole
+        collection may hold millions of rows, more than one query may return."""
+        it = self.client.query_iterator(self.alias, batch_size=batch, filter=filter_expr,
+                                        output_fields=list(fields))
+        try:
+            while page := it.next():
+                yield from page
+        finally:
+            it.close()
+
     def count(self) -> int:
         rows = self.client.query(self.alias, filter="", output_fields=["count(*)"])
         return int(rows[0]["count(*)"])
@@ -241,6 +289,68 @@ class ImageStore:
                                      search_params={"metric_type": "IP"})
         return [[Hit(int(r["id"]), r["entity"]["uri"], float(r["distance"])) for r in hits]
                 for hits in results]
+
+
+def version_of(alias: str, name: str) -> int | None:
+    """``images_v3`` -> 3 for alias ``images``; None for a name that is not a version of it."""
+    head, _, tail = name.rpartition("_v")
+    return int(tail) if head == alias and tail.isdigit() else None
+
+
+def describe_collections(settings: Settings) -> list[dict]:
+    """Every physical collection: name, aliases on it, recorded model and row count.
+
+    Counts come from ``count(*)`` on loaded collections (exact) and from the collection
+    statistics otherwise (``exact: False``; deleted rows count until compaction), so listing
+    never loads a retired version into memory."""
+    from pymilvus.client.types import LoadState
+
+    client = milvus_client(settings)
+    out = []
+    for name in sorted(client.list_collections()):
+        props = client.describe_collection(name).get("properties", {})
+        aliases = sorted(client.list_aliases(collection_name=name).get("aliases") or [])
+        loaded = client.get_load_state(name).get("state") == LoadState.Loaded
+        if loaded:
+            rows = int(client.query(name, filter="", output_fields=["count(*)"])[0]["count(*)"])
+        else:
+            rows = int(client.get_collection_stats(name).get("row_count", 0))
+        out.append({"name": name, "aliases": aliases, "model": props.get(PROP_PREFIX + "model", ""),
+                    "weights": props.get(PROP_PREFIX + "weights", ""),
+                    "digest": props.get(PROP_PREFIX + "digest", ""), "dim": props.get(PROP_PREFIX + "dim", ""),
+                    "rows": rows, "exact": loaded})
+    return out
+
+
+def resolve_alias(client, alias: str) -> str | None:
+    """The physical collection an existing alias points to right now (None when unknown)."""
+    try:
+        info = client.describe_alias(alias)
+    except Exception:
+        return None
+    return info.get("collection_name") if info else None
+
+
+def prefix_filter(field: str, prefix: str) -> str:
+    """``field`` starts with ``prefix``, as a range on the string instead of LIKE: no wildcard
+    escaping to get wrong. Milvus compares VARCHARs bytewise (UTF-8), ordered like code points."""
+    upper = _prefix_upper_bound(prefix)
+    low = f"{field} >= {quote_string(prefix)}"
+    return f"{low} and {field} < {quote_string(upper)}" if upper is not None else low
+
+
+def _prefix_upper_bound(prefix: str) -> str | None:
+    """The smallest string greater than every string starting with ``prefix`` (None: none)."""
+    chars = list(prefix)
+    while chars:
+        code = ord(chars[-1]) + 1
+        if 0xD800 <= code <= 0xDFFF:  # surrogates are not characters; skip past them
+            code = 0xE000
+        if code <= 0x10FFFF:
+            chars[-1] = chr(code)
+            return "".join(chars)
+        chars.pop()
+    return None
 
 
 def quote_string(value: str) -> str:

@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from imgsearch import cli_distributed, cli_query
+from imgsearch import cli_distributed, cli_query, cli_reindex
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 
@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("config", help="print effective settings (secrets masked)")
     cli_query.add_parsers(sub)
     cli_distributed.add_parsers(sub)
+    cli_reindex.add_parsers(sub)
     return parser
 
 
@@ -154,3 +155,5 @@ def cmd_config(args, settings) -> int:
 COMMANDS = {"ingest": cmd_ingest, "search": cmd_search, "demo": cmd_demo, "config": cmd_config,
             **cli_distributed.COMMANDS}
 COMMANDS.update(cli_query.COMMANDS)
+COMMANDS.update(cli_reindex.COMMANDS)
+

@@ -22,6 +22,7 @@ from celery import Celery
 from kombu import Queue
 
 from common.settings import Settings
+from ingest.schedules import beat_schedule
 
 QUEUES = ("plan", "embed", "ocr", "caption", "finish")
 ROUTES = {f"ingest.{name}": {"queue": name} for name in QUEUES}
@@ -69,7 +70,7 @@ def celery_config(settings: Settings) -> dict:
         "worker_hijack_root_logger": False,
         "worker_send_task_events": True,  # Flower shows tasks
         "task_send_sent_event": True,
-        "beat_schedule": {},  # nightly re-index lands with its own issue
+        "beat_schedule": beat_schedule(settings),  # IMGSEARCH_SCHEDULES (ingest/schedules.py)
         "timezone": "UTC",
     }
 

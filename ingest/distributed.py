@@ -17,13 +17,15 @@ from common.sources import open_source
 POLL_SECONDS = 0.5
 
 
-def submit(location: str, settings: Settings, include: tuple[str, ...] = ()) -> str:
+def submit(location: str, settings: Settings, include: tuple[str, ...] = (), *, kind: str = "ingest",
+           options: dict | None = None, job_id: str | None = None) -> str:
     """Record a job and enqueue its plan; returns the job id. Bad locations fail here."""
     from ingest.tasks import plan
 
     source = open_source(location, settings, include)  # validates the URI / folder now
     store = JobStore.from_url(settings.redis_url)
-    job_id = store.create(source.root, settings.collection, include)
+    job_id = store.create(source.root, settings.collection, include, kind=kind, options=options, job_id=job_id)
+
     plan.apply_async(args=[job_id])
     return job_id
 

@@ -87,12 +87,15 @@ def dead_letter_path(settings: Settings) -> Path:
 
 
 def run_ingest(location: str, settings: Settings, include: tuple[str, ...] = (),
-               progress: bool = True) -> IngestSummary:
-    """Index every object under ``location`` into the configured collection."""
+               progress: bool = True, objects: list[SourceObject] | None = None) -> IngestSummary:
+    """Index every object under ``location`` into the configured collection (only
+    ``objects`` when given: a re-index passes the new and changed ones it listed)."""
     started = time.perf_counter()
     source = open_source(location, settings, include)
     summary = IngestSummary(source.root, settings.collection)
-    objects = _list_with_progress(source, progress)
+    if objects is None:
+        objects = _list_with_progress(source, progress)
+
     summary.listed = len(objects)
     with ThreadPoolExecutor(settings.fetch_workers, thread_name_prefix="fetch") as pool, \
             ThreadPoolExecutor(1, thread_name_prefix="prepare") as ahead:

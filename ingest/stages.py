@@ -23,7 +23,10 @@ from common.settings import Settings
 from common.sources import Source, SourceObject, open_source
 from common.store import ImageStore
 from ingest.embed import BatchResult, EmbedContext, prepare_batch, write_batch
+from ingest.reindex import UNCHANGED, classify, index_model_tag
+from ingest.removal import remove_images, removed_ids
 from ingest.retry import RetryingSource
+from ingest.runlock import lock_of
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +47,20 @@ def plan_job(job_id: str, settings: Settings, jobs: JobStore, enqueue: Callable[
 
     Unchanged objects (same etag, indexed by the collection's model) are counted here and
     never reach a worker. The task size is ``batch_size * batches_per_task`` objects.
+    A ``reindex`` job also removes the rows of objects under its source that were not
+    listed (they were deleted), and renews its run lock as it goes.
     """
     job = jobs.get(job_id)
     epoch = jobs.begin_plan(job_id)
     settings = settings.with_overrides(collection=job.collection)
     source = open_source(job.source, settings, tuple(job.include))
     store = ImageStore(settings)
-    tag = _index_model_tag(store)
+    tag = index_model_tag(store)
+    lock = lock_of(job, jobs, settings.schedule_lock_ttl)
     task_size = settings.batch_size * settings.batches_per_task
     listed = unchanged = batches = 0
+    found = {"new": 0, "changed": 0}
+    listed_ids: set[int] | None = set() if job.kind == "reindex" else None
     todo: list[dict] = []
 
     def flush(final: bool) -> None:
@@ -62,33 +70,39 @@ def plan_job(job_id: str, settings: Settings, jobs: JobStore, enqueue: Callable[
             enqueue(batch_spec(job_id, epoch, batches, source.root, job.collection, chunk))
             batches += 1
 
-    for page in _chunks(source.list(), LIST_CHUNK):
+    for page in chunks(source.list(), LIST_CHUNK):
         if jobs.status(job_id) == "cancelled":
             return {"job": job_id, "cancelled": True}
-        existing = store.existing(image_id(o.uri) for o in page) if tag else {}
-        for obj in page:
-            row = existing.get(image_id(obj.uri))
-            if row is not None and row.get("etag") == obj.etag and row.get("model") == tag:
+        ids = [image_id(o.uri) for o in page]
+        existing = store.existing(ids) if tag else {}
+        for obj, oid in zip(page, ids):
+            state = classify(existing.get(oid), obj, tag)
+            if state == UNCHANGED:
                 unchanged += 1
             else:
+                found[state] += 1
                 todo.append(obj.to_dict())
+        if listed_ids is not None:
+            listed_ids.update(ids)
         listed += len(page)
         flush(final=False)
         jobs.plan_progress(job_id, epoch, listed, unchanged, batches)
+        if lock is not None:
+            lock.renew(job_id)
     flush(final=True)
+    removed = 0
+    if listed_ids is not None:
+        removed = remove_images(settings, removed_ids(store, source.root, tuple(job.include), listed_ids))
+        if removed:
+            store.flush()
+    jobs.set_fields(job_id, epoch, removed=removed, **found)
     jobs.planned(job_id, epoch, listed, unchanged, batches)
-    return {"job": job_id, "epoch": epoch, "listed": listed, "unchanged": unchanged, "batches": batches}
+    return {"job": job_id, "epoch": epoch, "listed": listed, "unchanged": unchanged, "batches": batches,
+            "removed": removed, **found}
 
 
-def _index_model_tag(store: ImageStore) -> str | None:
-    """The model tag rows of this collection carry, or None when nothing is indexed yet."""
-    if not store.exists():
-        return None
-    spec = store.model_spec()
-    return f"{spec.name}@{spec.digest}"
+def chunks(items, size: int) -> Iterator[list[SourceObject]]:
 
-
-def _chunks(items, size: int) -> Iterator[list[SourceObject]]:
     it = iter(items)
     while chunk := list(islice(it, size)):
         yield chunk
@@ -113,17 +127,28 @@ class WorkerContext:
         return cls(settings, model, ThreadPoolExecutor(settings.fetch_workers, thread_name_prefix="fetch"),
                    ThreadPoolExecutor(1, thread_name_prefix="prepare"))
 
-    def embed_context(self, source_root: str, collection: str) -> EmbedContext:
-        """The stage context for one (source, collection); the collection is checked once."""
+    def embed_context(self, source_root: str, collection: str, model: ClipModel | None = None) -> EmbedContext:
+        """The stage context for one (source, collection); the collection is checked once.
+
+        ``model`` (default: this worker's configured model) is another one only for a
+        migration, whose batches name the new collection's model."""
+        model = model or self.model
         with self.lock:
             if collection not in self.stores:
                 store = ImageStore(self.settings.with_overrides(collection=collection))
-                _ensure(store, self.model)
+                _ensure(store, model)
                 self.stores[collection] = store
             if source_root not in self.sources:
                 self.sources[source_root] = RetryingSource(open_source(source_root, self.settings))
-        return EmbedContext(self.settings, self.sources[source_root], self.model, self.stores[collection],
+        return EmbedContext(self.settings, self.sources[source_root], model, self.stores[collection],
                             self.fetch_pool)
+
+    def model_for(self, spec: BatchSpec) -> ClipModel | None:
+        """The model a batch names (a migration's ``[name, weights]``), loaded once per process."""
+        if not spec.get("model"):
+            return None
+        name, weights = spec["model"]
+        return load_clip(name, weights, self.settings)
 
 
 def _ensure(store: ImageStore, model: ClipModel) -> None:
@@ -143,7 +168,8 @@ def embed_stage(spec: BatchSpec, ctx: WorkerContext, jobs: JobStore) -> dict:
     encoded. Rows that are already indexed with the same etag and model (a redelivered
     batch) are not encoded again; they count as indexed because the plan found them to do.
     """
-    ectx = ctx.embed_context(spec["source"], spec["collection"])
+    ectx = ctx.embed_context(spec["source"], spec["collection"], ctx.model_for(spec))
+
     size = ctx.settings.batch_size
     manifest = spec["manifest"]
     chunks = [manifest[i:i + size] for i in range(0, len(manifest), size)]

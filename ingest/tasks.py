@@ -19,6 +19,9 @@ from common.errors import ConfigError, ImgsearchError, SourceError
 from common.jobs import JobStore
 from common.store import ImageStore
 from ingest.app import app, settings
+from ingest.lifecycle import on_job_end
+from ingest.migrate import plan_migration
+from ingest.schedules import run_scheduled
 from ingest.stages import (
     BatchSpec,
     WorkerContext,
@@ -112,21 +115,28 @@ def _countdown(retries: int) -> float:
 
 @app.task(name="ingest.plan", bind=True, max_retries=settings.task_max_retries)
 def plan(self, job_id: str) -> dict:
-    """List, diff and shard the job's source; enqueue one chain per batch."""
+    """List, diff and shard the job's source (or, for a migration, the live collection);
+    enqueue one chain per batch."""
     try:
-        return plan_job(job_id, settings, jobs(), enqueue_batch)
+        planner = plan_migration if jobs().get(job_id).kind == "migrate" else plan_job
+        result = planner(job_id, settings, jobs(), enqueue_batch)
+        on_job_end(job_id, settings, jobs())  # nothing to do: the job is already done
+        return result
     except SourceError as exc:
         jobs().fail(job_id, str(exc))
+        on_job_end(job_id, settings, jobs())
         return {"job": job_id, "error": str(exc)}
     except _transient_types() as exc:
         _reset_milvus()
         if self.request.retries < self.max_retries:
             raise self.retry(exc=exc, countdown=_countdown(self.request.retries)) from exc
         jobs().fail(job_id, f"planning failed after {self.max_retries} retries: {type(exc).__name__}: {exc}")
+        on_job_end(job_id, settings, jobs())
         raise
     except Exception as exc:  # model mismatch, a bug: the job fails visibly instead of hanging
         log.exception("plan failed", extra={"job": job_id})
         jobs().fail(job_id, f"{type(exc).__name__}: {exc}")
+        on_job_end(job_id, settings, jobs())
         return {"job": job_id, "error": str(exc)}
 
 
@@ -172,9 +182,17 @@ def finish(self, result: dict) -> dict:
         job = jobs().get(result["job"])
         if job.finished and job.indexed:
             ImageStore(settings, alias=job.collection).flush()  # searches then use the index
+        on_job_end(job.id, settings, jobs())  # renews a running job's lock; swaps/releases at the end
         return done
+
     except _transient_types() as exc:
         raise self.retry(exc=exc, countdown=_countdown(min(self.request.retries, 5))) from exc
+
+
+@app.task(name="ingest.scheduled_reindex")
+def scheduled_reindex(source: str) -> dict:
+    """Sent by beat (``IMGSEARCH_SCHEDULES``): start a re-index of ``source`` unless one runs."""
+    return run_scheduled(source, settings)
 
 
 def enqueue_dead_letter_retry(job_id: str) -> int:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from common.errors import QueryError
-from common.store import quote_string
+from common.store import prefix_filter, quote_string
 
 # Declared scalar fields of `images` a caller may filter on, and their value types.
 FIELDS: dict[str, type] = {
@@ -109,26 +109,8 @@ def _literal(value: Any) -> str:
 
 def _compile(f: Filter) -> str:
     if f.op == "prefix":
-        # A range on the string instead of LIKE: no wildcard escaping to get wrong.
-        # Milvus compares VARCHARs bytewise (UTF-8), which orders like code points.
-        upper = _prefix_upper_bound(f.value)
-        low = f"{f.field} >= {_literal(f.value)}"
-        return f"{low} and {f.field} < {_literal(upper)}" if upper is not None else low
+        return prefix_filter(f.field, f.value)
     if f.op in ("in", "not_in"):
         values = ", ".join(_literal(v) for v in f.value)
         return f"{f.field} {'in' if f.op == 'in' else 'not in'} [{values}]"
     return f"{f.field} {f.op} {_literal(f.value)}"
-
-
-def _prefix_upper_bound(prefix: str) -> str | None:
-    """The smallest string greater than every string starting with ``prefix`` (None: none)."""
-    chars = list(prefix)
-    while chars:
-        code = ord(chars[-1]) + 1
-        if 0xD800 <= code <= 0xDFFF:  # surrogates are not characters; skip past them
-            code = 0xE000
-        if code <= 0x10FFFF:
-            chars[-1] = chr(code)
-            return "".join(chars)
-        chars.pop()
-    return None

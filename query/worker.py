@@ -26,6 +26,7 @@ from collections.abc import Callable
 import redis
 
 from common.settings import Settings
+from common.store import milvus_client, resolve_alias
 from query.batch import BatchSearcher
 from query.protocol import (
     ID_RE,
@@ -76,6 +77,7 @@ class QueryWorker:
         self._reply = self.redis.register_script(REPLY_SCRIPT)
         self._service_factory = service_factory
         self.searcher: BatchSearcher | None = None
+        self.serving: str | None = None  # the physical collection the searcher is bound to
         self.stopping = False
         self._last_batch = 0
         self._last_heartbeat = 0
@@ -86,10 +88,42 @@ class QueryWorker:
     def start(self) -> None:
         """Load and warm the model, create the group; only then announce readiness."""
         ensure_group(self.redis, self.settings)
-        self.searcher = BatchSearcher(self._service_factory(self.settings), self.settings)
-        self.searcher.warm()
+        self._follow_alias()
+        if self.searcher is None:  # the alias could not be resolved: serve it by name
+            self.searcher = BatchSearcher(self._service_factory(self.settings), self.settings)
+            self.searcher.warm()
         self._heartbeat(force=True)
         log.info("query worker ready", extra={"worker": self.name, "stream": self.settings.query_stream})
+
+    def _follow_alias(self) -> BatchSearcher | None:
+        """Bind to the collection the alias points to now (checked before every batch).
+
+        A batch is answered by ONE searcher bound to one physical collection and its own
+        model, so when a migration moves the alias (``alter_alias``) each answer comes wholly
+        from the old or wholly from the new collection. The new searcher is loaded and warmed
+        before it replaces the old one; if that fails, the old one keeps serving."""
+        try:
+            name = resolve_alias(milvus_client(self.settings), self.settings.collection)
+        except Exception as exc:  # Milvus hiccup: keep serving what we have
+            log.warning("could not resolve the alias", extra={"alias": self.settings.collection, "error": str(exc)})
+            return self.searcher
+        if name is None or name == self.serving:
+            return self.searcher
+        try:
+            searcher = BatchSearcher(self._service_factory(self.settings.with_overrides(collection=name)),
+                                     self.settings)
+            searcher.warm()
+        except Exception:
+            if self.searcher is None:
+                raise
+            log.exception("cannot serve the alias' new collection; staying on the old one",
+                          extra={"alias": self.settings.collection, "old": self.serving, "new": name})
+            return self.searcher
+        if self.serving is not None:
+            log.warning("alias moved: serving the new collection", extra={
+                "alias": self.settings.collection, "old": self.serving, "new": name})
+        self.searcher, self.serving = searcher, name
+        return searcher
 
     def install_signal_handlers(self) -> None:
         def stop(signum, _frame) -> None:
@@ -196,8 +230,10 @@ class QueryWorker:
                 continue
             requests.append(req)
         if requests:
+            searcher = self._follow_alias() or self.searcher
             try:
-                answered = self.searcher.answer(requests)
+                answered = searcher.answer(requests)
+
             except Exception as exc:  # a bug must cost this batch an error reply, not the worker
                 log.exception("batch failed")
                 answered = {r.id: Reply.error(r.id, SERVER_ERROR, f"{type(exc).__name__}: {exc}") for r in requests}

@@ -1,0 +1,61 @@
+"""Removing images from the index: the ONE way rows of deleted objects leave Milvus.
+
+An image has rows in two places: its row in ``images`` and its OCR/caption/tag rows in
+``texts`` (keyed by ``image_id``). Every deletion (re-index of removed objects, operator
+commands) goes through :func:`remove_images`, so no path can leave orphaned text rows.
+
+What counts as removed is scoped to what was listed: only rows whose URI lies under the
+re-indexed source root (and matches its ``--include`` patterns) can be removed, so a
+re-index of ``s3://bucket/shop/`` never touches ``s3://bucket/archive/``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Iterable
+
+from common.settings import Settings
+from common.sources import uri_included
+from common.store import ImageStore, prefix_filter
+
+log = logging.getLogger(__name__)
+
+
+def texts_alias(images_alias: str) -> str:
+    """The ``texts`` alias that belongs to an ``images`` alias (``images`` -> ``texts``,
+    ``shop`` -> ``shop_texts``): text rows of an image live there, keyed by ``image_id``."""
+    return "texts" if images_alias == "images" else f"{images_alias}_texts"
+
+
+def remove_images(settings: Settings, ids: Iterable[int]) -> int:
+    """Delete images by id from the configured ``images`` alias AND their text rows.
+
+    Text rows are removed first: a crash in between leaves an image without texts (the next
+    re-index finds it again and removes it), never texts without an image. Returns how many
+    image ids were removed.
+    """
+    ids = sorted({int(i) for i in ids})
+    if not ids:
+        return 0
+    store = ImageStore(settings)
+    texts = ImageStore(settings, alias=texts_alias(store.alias))
+    if texts.exists():
+        for start in range(0, len(ids), 1000):
+            texts.client.delete(texts.alias, filter=f"image_id in {ids[start:start + 1000]}")
+    store.delete(ids)
+    log.info("removed images", extra={"collection": store.alias, "count": len(ids)})
+    return len(ids)
+
+
+def indexed_ids_under(store: ImageStore, root: str, include: tuple[str, ...] = ()) -> Iterable[int]:
+    """Ids of indexed rows whose URI lies under ``root`` (and matches ``include``)."""
+    if not store.exists():
+        return
+    for row in store.iter_rows(["id", "uri"], prefix_filter("uri", root)):
+        if uri_included(row["uri"], include):
+            yield int(row["id"])
+
+
+def removed_ids(store: ImageStore, root: str, include: tuple[str, ...], listed: Collection[int]) -> list[int]:
+    """Indexed ids under ``root`` whose objects were not listed: the source no longer has them."""
+    return [i for i in indexed_ids_under(store, root, include) if i not in listed]
