@@ -52,8 +52,8 @@ def wait_done(store, job_id: str, timeout: float = 1800) -> object:
 
 def run_job(env: dict, settings: Settings, location: str, collection: str):
     """Submit a job the way the CLI does and wait for it; returns (job, seconds)."""
+    from common.jobs import JobStore
     from ingest.distributed import submit
-    from ingest.jobs import JobStore
 
     run_settings = settings.with_overrides(collection=collection)
     start = time.perf_counter()
@@ -66,7 +66,7 @@ def run_job(env: dict, settings: Settings, location: str, collection: str):
 
 def chain_overhead(settings: Settings, n: int) -> float:
     """Seconds per batch of pure Celery/Redis work: n chains with empty manifests."""
-    from ingest.jobs import JobStore
+    from common.jobs import JobStore
     from ingest.stages import batch_spec
     from ingest.tasks import enqueue_batch
 

@@ -78,8 +78,8 @@ def cmd_ingest(args, settings) -> int:
 
 
 def _follow(job_id: str, settings, args) -> int:
+    from common.jobs import JobStore
     from ingest.distributed import render, wait
-    from ingest.jobs import JobStore
 
     job = wait(job_id, settings, progress=_progress(args))
     dead = JobStore.from_url(settings.redis_url).dead_letters(job_id)
@@ -111,8 +111,8 @@ def cmd_worker(args, settings) -> int:
 
 def cmd_jobs(args, settings) -> int:
     _need_redis(settings)
+    from common.jobs import JobStore
     from ingest.distributed import render
-    from ingest.jobs import JobStore
 
     store = JobStore.from_url(settings.redis_url)
     if args.jobs_command == "list":
@@ -132,7 +132,7 @@ def cmd_jobs(args, settings) -> int:
 
 def cmd_dead_letters(args, settings) -> int:
     _need_redis(settings)
-    from ingest.jobs import JobStore
+    from common.jobs import JobStore
 
     store = JobStore.from_url(settings.redis_url)
     if args.dl_command == "list":

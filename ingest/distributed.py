@@ -10,9 +10,9 @@ import sys
 import time
 from collections import Counter
 
+from common.jobs import Job, JobStore
 from common.settings import Settings
 from common.sources import open_source
-from ingest.jobs import Job, JobStore
 
 POLL_SECONDS = 0.5
 

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from itertools import islice
 
 from common.ids import image_id
+from common.jobs import JobStore
 from common.models.clip import ClipModel, load_clip
 from common.settings import Settings
 from common.sources import Source, SourceObject, open_source
 from common.store import ImageStore
 from ingest.embed import BatchResult, EmbedContext, prepare_batch, write_batch
-from ingest.jobs import JobStore
 from ingest.retry import RetryingSource
 
 log = logging.getLogger(__name__)

@@ -16,10 +16,10 @@ from celery import chain, signals
 from celery.exceptions import SoftTimeLimitExceeded
 
 from common.errors import ConfigError, ImgsearchError, SourceError
+from common.jobs import JobStore
 from common.store import ImageStore
 from common.texts import TextStore
 from ingest.app import app, settings
-from ingest.jobs import JobStore
 from ingest.stages import (
     BatchSpec,
     WorkerContext,

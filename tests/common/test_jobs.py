@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ingest.jobs import JobNotFoundError, JobStore
+from common.jobs import JobNotFoundError, JobStore
 
 pytestmark = pytest.mark.integration
 

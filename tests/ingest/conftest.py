@@ -158,7 +158,7 @@ class Cluster:
                               capture_output=True, text=True, timeout=timeout)
 
     def jobs(self):
-        from ingest.jobs import JobStore
+        from common.jobs import JobStore
 
         return JobStore.from_url(self.redis.url)
 
