@@ -19,8 +19,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from common.errors import ModelMismatchError
-from common.store import PROP_PREFIX, UPSERT_ROWS, milvus_client
 from common.settings import Settings
+from common.store import PROP_PREFIX, UPSERT_ROWS, milvus_client
 
 KINDS = ("ocr", "caption", "tag")
 TEXT_MAX = 2048

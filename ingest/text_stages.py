@@ -26,7 +26,7 @@ from PIL import Image
 
 from common.ids import image_id
 from common.images import DecodedImage
-from common.models.caption import CaptionError, Captioner, load_captioner
+from common.models.caption import Captioner, CaptionError, load_captioner
 from common.models.ocr import OcrModel, load_ocr
 from common.models.text import TextEncoder, load_text_encoder
 from common.settings import Settings

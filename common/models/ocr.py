@@ -81,7 +81,7 @@ class RapidOcrModel(OcrModel):
         try:
             from rapidocr import RapidOCR
         except ImportError as exc:
-            raise ConfigError(f"IMGSEARCH_OCR_BACKEND=rapidocr needs the rapidocr and onnxruntime packages: {exc}")
+            raise ConfigError(f"IMGSEARCH_OCR_BACKEND=rapidocr needs rapidocr and onnxruntime: {exc}") from None
         logging.getLogger("RapidOCR").setLevel(logging.ERROR)
         self.engine = RapidOCR(params={"Global.log_level": "error"})
 

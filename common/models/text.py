@@ -27,7 +27,8 @@ class TextEncoder:
     def __init__(self, model, label: str):
         self.model = model
         self.label = label
-        self.dim = int(model.get_sentence_embedding_dimension())
+        dim_of = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        self.dim = int(dim_of())
         self._lock = threading.Lock()
 
     @classmethod
