@@ -24,7 +24,8 @@ def texts(make_settings):
 
 
 DOCS = {
-    1: [TextItem("ocr", "SERIAL XK-4471-B", 0.99, (0, 0, 10, 0, 10, 5, 0, 5)), TextItem("ocr", "made in Germany", 0.97)],
+    1: [TextItem("ocr", "SERIAL XK-4471-B", 0.99, (0, 0, 10, 0, 10, 5, 0, 5)),
+        TextItem("ocr", "made in Germany", 0.97)],
     2: [TextItem("ocr", "Fresh coffee beans roasted daily", 0.98), TextItem("tag", "cup", 0.4)],
     3: [TextItem("caption", "a dog running on a sunny beach"), TextItem("tag", "dog", 0.8)],
     4: [TextItem("ocr", "INVOICE 2026-0088 total due 431 EUR", 0.95)],
