@@ -50,6 +50,11 @@ class BatchSearcher:
         vector = model.encode_texts(["warm up"])[0]
         model.encode_images([Image.new("RGB", (32, 32), "white")])
         self.service.search_vectors([vector], 1)
+        if self.service.texts.exists():  # hybrid channels: the text model, OCR of query images
+            from common.models.ocr import load_ocr
+
+            self.service.text_encoder().encode(["warm up"])
+            load_ocr(self.settings).predict([Image.new("RGB", (64, 64), "white")])
 
     def answer(self, requests: Sequence[Request]) -> dict[str, Reply]:
         """request id -> reply, for every request given (errors included)."""
