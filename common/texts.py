@@ -235,3 +235,10 @@ class TextStore:
             if not keep:
                 break
         return keep
+
+
+def delete_texts(settings: Settings, image_ids: Iterable[int], collection: str | None = None) -> None:
+    """Delete every OCR line, caption and tag of ``image_ids`` in the texts paired with
+    ``collection`` (default: the configured one). For re-indexing: images removed from the
+    source must not stay findable by their text. Missing collection or ids: nothing to do."""
+    TextStore(settings, collection).delete_images(image_ids)

@@ -67,7 +67,9 @@ def test_replace_of_one_kind_keeps_the_others_and_delete_removes_all(texts):
     assert [(r["kind"], r["text"]) for r in store.rows_of(2)] == [("ocr", "Fresh coffee beans roasted daily"),
                                                                  ("tag", "mug")]
     put(3, DOCS[3])
-    store.delete_images([2, 999])
+    from common.texts import delete_texts
+
+    delete_texts(store.settings, [2, 999])
     assert store.rows_of(2) == [] and len(store.rows_of(3)) == 2
 
 
