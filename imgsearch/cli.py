@@ -25,6 +25,7 @@ examples:
   imgsearch search --text "a red sneaker" -k 10 --json
   imgsearch search --image query.jpg
   imgsearch search --like 123456789              # an indexed image's id (or its URI)
+  imgsearch search --text "XK-4471" --channels bm25 --must XK   # exact code in OCR text
   imgsearch config                               # effective settings, secrets masked
 
 Settings come from IMGSEARCH_* environment variables (see `imgsearch config`).
@@ -62,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--like", metavar="ID", help="id (or URI) of an indexed image; it is left out")
     s.add_argument("-k", type=int, default=10, help="number of results (1-1000, default 10)")
     s.add_argument("--json", action="store_true",
-                   help='print [{"id", "uri", "score"}, ...], best first')
+                   help='print [{"id", "uri", "score", "evidence"}, ...], best first')
     cli_query.add_search_options(s)
 
     d = sub.add_parser("demo", help="offline demo: index bundled samples, run example queries",
@@ -134,6 +135,9 @@ def print_hits(hits, as_json: bool) -> None:
         print("no results")
     for rank, hit in enumerate(hits, 1):
         print(f"{rank:>3}  {hit.score:7.4f}  {hit.id:>20}  {hit.uri}")
+        for channel, ev in (getattr(hit, "evidence", None) or {}).items():
+            text = f"  {ev['kind']}: {ev['text']!r}" if ev.get("text") is not None else ""
+            print(f"{'':>14}{channel:<6} #{ev['rank']:<4} {ev['score']:9.4f}{text}")
 
 
 def cmd_demo(args, settings) -> int:

@@ -30,7 +30,15 @@ def add_parsers(sub) -> None:
 
 
 def add_search_options(parser: argparse.ArgumentParser) -> None:
-    """``--where`` structured filters for ``imgsearch search``."""
+    """``--where`` structured filters, ``--channels`` and ``--must`` for ``imgsearch search``."""
+    parser.add_argument("--channels", metavar="LIST",
+                        help="comma-separated search channels fused by RRF: clip (image vectors), bm25 "
+                        "(exact words/codes in OCR text, captions, tags), dense (paraphrases of that text), "
+                        "phash (near-identical images; image queries only). Default: clip,bm25,dense for "
+                        "text; clip,phash,bm25,dense for --image/--like (the query image's OCR text is searched)")
+    parser.add_argument("--must", action="append", default=[], metavar="WORD",
+                        help="keep only images whose indexed text (OCR, caption, tags) contains WORD "
+                        "(case-insensitive whole tokens; repeatable, all must match)")
     parser.add_argument("--where", action="append", default=[], metavar="'FIELD OP VALUE'",
                         help="filter, e.g. --where 'mime == image/png' --where 'width >= 28' "
                         "--where 'uri prefix file:///data/'; ops: == != < <= > >= in not_in prefix "
@@ -64,7 +72,8 @@ def search_via_queue(args, settings) -> list:
     client = SearchClient(settings=settings)
     try:
         result = client.search(text=args.text, image=args.image, like=args.like, k=args.k,
-                               filters=parse_where(getattr(args, "where", [])))
+                               filters=parse_where(getattr(args, "where", [])), channels=parse_channels(args),
+                               must=getattr(args, "must", None) or None)
     finally:
         client.close()
     return result.hits
@@ -77,11 +86,16 @@ def search_in_process(args, settings) -> list:
 
     expr = compile_filters(parse_where(getattr(args, "where", [])))
     service = SearchService(settings)
-    if args.text is not None:
-        return service.search_text(args.text, args.k, filter_expr=expr)
-    if args.image is not None:
-        return service.search_image(args.image, args.k, filter_expr=expr)
-    return service.search_like(args.like, args.k, filter_expr=expr)
+    return service.search(text=args.text, image=args.image, like=args.like, k=args.k, filter_expr=expr,
+                          channels=parse_channels(args), must=getattr(args, "must", None) or None)
+
+
+def parse_channels(args) -> list[str] | None:
+    """``--channels clip,bm25`` -> ["clip", "bm25"]; absent -> None (the query kind's defaults)."""
+    raw = getattr(args, "channels", None)
+    if raw is None:
+        return None
+    return [c.strip() for c in raw.split(",") if c.strip()] or [raw]
 
 
 def cmd_query_worker(args, settings) -> int:

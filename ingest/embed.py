@@ -65,6 +65,7 @@ class PreparedBatch:
     tensors: Any  # torch.Tensor (N, 3, H, W) or None when nothing is left to encode
     phashes: list[list[float]]
     result: BatchResult
+    vectors: Any = None  # (N, d) CLIP vectors once write_batch ran (the caption stage reuses them)
 
 
 @dataclass
@@ -114,7 +115,11 @@ def prepare_batch(manifest: Sequence[dict | SourceObject], ctx: EmbedContext) ->
 
 
 def _load_one(obj: SourceObject, ctx: EmbedContext) -> DecodedImage | Failure:
-    limits = ctx.settings
+    return load_object(obj, ctx.source, ctx.settings)
+
+
+def load_object(obj: SourceObject, source: Source, limits: Settings) -> DecodedImage | Failure:
+    """Fetch and decode one object within the size/pixel limits, or say why not (a Failure)."""
     try:
         if obj.size == 0:
             raise ImageError("empty", "zero-byte file")
@@ -122,7 +127,7 @@ def _load_one(obj: SourceObject, ctx: EmbedContext) -> DecodedImage | Failure:
             raise ImageError("too_large", f"{obj.size} bytes exceeds the limit of "
                                           f"{limits.max_image_bytes} bytes")
         try:
-            data = ctx.source.fetch(obj.uri, limits.max_image_bytes)
+            data = source.fetch(obj.uri, limits.max_image_bytes)
         except Exception as exc:  # OSError, botocore errors: all mean "could not read it"
             raise ImageError("fetch_error", f"{type(exc).__name__}: {exc}") from None
         return decode_image(data, limits.max_image_bytes, limits.max_image_pixels)
@@ -139,6 +144,7 @@ def write_batch(prepared: PreparedBatch, ctx: EmbedContext) -> BatchResult:
     vectors = ctx.model.encode_image_tensors(prepared.tensors)
     encoded = time.perf_counter()
     result.encode_s += encoded - started
+    prepared.vectors = vectors
     stamp = now_ms()
     rows = []
     for obj, dec, vec, ph in zip(prepared.objects, prepared.decoded, vectors, prepared.phashes):

@@ -23,6 +23,7 @@ from common.settings import Settings
 from common.sources import Source, SourceObject, open_source
 from common.store import ImageStore
 from ingest.embed import EmbedContext, Failure, prepare_batch, write_batch
+from ingest.text_stages import TextContext, run_text_stages
 
 
 @dataclass
@@ -100,6 +101,7 @@ def run_ingest(location: str, settings: Settings, include: tuple[str, ...] = (),
     with ThreadPoolExecutor(settings.fetch_workers, thread_name_prefix="fetch") as pool, \
             ThreadPoolExecutor(1, thread_name_prefix="prepare") as ahead:
         ctx = build_context(settings, source, pool)
+        text_ctx = TextContext(settings) if settings.ocr_enabled or settings.caption_backend != "off" else None
         bar = _bar(len(objects), progress)
         try:
             batches = batched(objects, settings.batch_size)
@@ -110,6 +112,8 @@ def run_ingest(location: str, settings: Settings, include: tuple[str, ...] = (),
                 if nxt is not None:
                     pending = ahead.submit(prepare_batch, nxt, ctx)
                 result = write_batch(prepared, ctx)
+                if text_ctx is not None and prepared.objects:
+                    _text_stages(prepared, result, text_ctx, settings.collection)
                 summary.indexed += len(result.indexed)
                 summary.unchanged += len(result.unchanged)
                 summary.failures.extend(result.failed)
@@ -121,6 +125,8 @@ def run_ingest(location: str, settings: Settings, include: tuple[str, ...] = (),
                     break
             if summary.indexed:
                 ctx.store.flush()
+                if text_ctx is not None:
+                    text_ctx.texts(settings.collection).flush()
         finally:
             if bar is not None:
                 bar.close()
@@ -128,6 +134,16 @@ def run_ingest(location: str, settings: Settings, include: tuple[str, ...] = (),
     if summary.failures:
         summary.dead_letter_file = str(_write_dead_letters(settings, summary))
     return summary
+
+
+def _text_stages(prepared, result, text_ctx: TextContext, collection: str) -> None:
+    """OCR and captions on the pixels already decoded; a failed image moves to the failures."""
+    uris = [o.uri for o in prepared.objects]
+    failed = run_text_stages(uris, prepared.decoded, prepared.vectors, collection, text_ctx)
+    bad = {f.uri for f in failed}
+    if bad:
+        result.indexed[:] = [u for u in result.indexed if u not in bad]
+        result.failed.extend(failed)
 
 
 def _list_with_progress(source: Source, progress: bool) -> list[SourceObject]:

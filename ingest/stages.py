@@ -200,9 +200,12 @@ def embed_stage(spec: BatchSpec, ctx: WorkerContext, jobs: JobStore) -> dict:
     failures = [{**f.to_dict(), "etag": by_uri[f.uri]["etag"], "size": by_uri[f.uri]["size"],
                  "batch": spec["batch"]} for f in total.failed]
     done = total.indexed + total.unchanged
+    done_set = set(done)
     return {**{k: v for k, v in spec.items() if k != "manifest"},
             "indexed": len(done), "recovered": done if spec.get("retry") else [],
-            "failures": failures, "encoded": encoded, "stages": ["embed"]}
+            "failures": failures, "encoded": encoded, "stages": ["embed"],
+            # what the text stages work on: the objects now in the index (ids, never pixels)
+            "manifest": [m for m in manifest if m["uri"] in done_set]}
 
 
 def failed_batch_result(spec: BatchSpec, reason: str, message: str) -> dict:
@@ -210,18 +213,10 @@ def failed_batch_result(spec: BatchSpec, reason: str, message: str) -> dict:
     failures = [{"uri": m["uri"], "reason": reason, "message": message, "etag": m["etag"], "size": m["size"],
                  "batch": spec["batch"]} for m in spec["manifest"]]
     return {**{k: v for k, v in spec.items() if k != "manifest"}, "indexed": 0, "recovered": [],
-            "failures": failures, "encoded": 0, "stages": ["embed"]}
+            "failures": failures, "encoded": 0, "stages": ["embed"], "manifest": []}
 
 
-# -- ocr, caption: pass-through until their issue lands ------------------------------------------
-def ocr_stage(result: dict) -> dict:
-    """OCR text into ``texts`` (later issue). Now: records that the stage ran, passes on."""
-    return {**result, "stages": [*result.get("stages", []), "ocr"]}
-
-
-def caption_stage(result: dict) -> dict:
-    """Captions/tags into ``texts`` (later issue). Now: records that the stage ran, passes on."""
-    return {**result, "stages": [*result.get("stages", []), "caption"]}
+# -- ocr, caption: see ingest/text_stages.py ----------------------------------------------------
 
 
 # -- finish ----------------------------------------------------------------------------------

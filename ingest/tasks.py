@@ -18,6 +18,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from common.errors import ConfigError, ImgsearchError, SourceError
 from common.jobs import JobStore
 from common.store import ImageStore
+from common.texts import TextStore
 from ingest.app import app, settings
 from ingest.lifecycle import on_job_end
 from ingest.migrate import plan_migration
@@ -26,13 +27,12 @@ from ingest.stages import (
     BatchSpec,
     WorkerContext,
     batch_spec,
-    caption_stage,
     embed_stage,
     failed_batch_result,
     finish_stage,
-    ocr_stage,
     plan_job,
 )
+from ingest.text_stages import TextContext, caption_stage, ocr_stage, stage_failed
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,17 @@ def worker_context() -> WorkerContext:
         return _state["ctx"]  # type: ignore[return-value]
 
 
+def text_context() -> TextContext:
+    """This process's OCR/caption/text models and stores, built once (after fork)."""
+    with _state_lock:
+        if "text" not in _state:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _state["text"] = TextContext(settings, ThreadPoolExecutor(settings.fetch_workers,
+                                                                      thread_name_prefix="fetch"))
+        return _state["text"]  # type: ignore[return-value]
+
+
 @signals.celeryd_init.connect
 def _check_config(sender=None, conf=None, options=None, **_):
     """Refuse to start a worker that could not do its job, with the reason."""
@@ -79,6 +90,14 @@ def _load_models(**_):
             worker_context()
         except Exception:  # the first embed task raises it again, and dead-letters with the reason
             log.exception("could not load the model at process start")
+    if not _worker_queues or "ocr" in _worker_queues or "caption" in _worker_queues:
+        try:
+            ctx = text_context()
+            ctx.encoder  # noqa: B018 - load the text model now, not in the first task
+            if settings.ocr_enabled and (not _worker_queues or "ocr" in _worker_queues):
+                ctx.ocr()
+        except Exception:  # the first text task raises it again and dead-letters with the reason
+            log.exception("could not load the text models at process start")
 
 
 TRANSIENT: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError)
@@ -105,6 +124,9 @@ def _reset_milvus() -> None:
     if isinstance(ctx, WorkerContext):
         with ctx.lock:
             ctx.stores.clear()
+    text = _state.get("text")
+    if isinstance(text, TextContext):
+        text.reset()
     close_clients()
 
 
@@ -162,16 +184,37 @@ def embed(self, spec: BatchSpec) -> dict:
         return failed_batch_result(spec, "batch_error", f"{type(exc).__name__}: {exc}")
 
 
-@app.task(name="ingest.ocr")
-def ocr(result: dict) -> dict:
-    """OCR stage (CPU queue); pass-through until the OCR issue lands."""
-    return ocr_stage(result)
+def _text_task(task, stage, name: str, result: dict) -> dict:
+    """Run a text stage; transient faults retry with backoff, anything else dead-letters the
+    batch's objects with ``<name>_error`` so ``finish`` still counts them."""
+    if result.get("job") and jobs().status(result["job"]) == "cancelled":
+        return {**result, "stages": [*result.get("stages", []), name]}
+    try:
+        return stage(result, text_context())
+    except SoftTimeLimitExceeded:
+        return {**stage_failed(result, "timeout", f"{name} exceeded {settings.batch_time_limit}s"),
+                "stages": [*result.get("stages", []), name]}
+    except _transient_types() as exc:
+        _reset_milvus()
+        if task.request.retries < task.max_retries:
+            raise task.retry(exc=exc, countdown=_countdown(task.request.retries)) from exc
+        message = f"after {task.max_retries} retries: {type(exc).__name__}: {exc}"
+    except Exception as exc:  # bad config or a bug: the batch is dead-lettered, the job goes on
+        log.exception("text stage failed", extra={"stage": name, "job": result.get("job")})
+        message = f"{type(exc).__name__}: {exc}"
+    return {**stage_failed(result, f"{name}_error", message), "stages": [*result.get("stages", []), name]}
 
 
-@app.task(name="ingest.caption")
-def caption(result: dict) -> dict:
-    """Caption stage (VLM queue); pass-through until the caption issue lands."""
-    return caption_stage(result)
+@app.task(name="ingest.ocr", bind=True, max_retries=settings.task_max_retries)
+def ocr(self, result: dict) -> dict:
+    """OCR lines of the batch's indexed images into ``texts`` (CPU queue)."""
+    return _text_task(self, ocr_stage, "ocr", result)
+
+
+@app.task(name="ingest.caption", bind=True, max_retries=settings.task_max_retries)
+def caption(self, result: dict) -> dict:
+    """Captions/tags of the batch's indexed images into ``texts`` (VLM queue)."""
+    return _text_task(self, caption_stage, "caption", result)
 
 
 @app.task(name="ingest.finish", bind=True, max_retries=100)
@@ -182,6 +225,7 @@ def finish(self, result: dict) -> dict:
         job = jobs().get(result["job"])
         if job.finished and job.indexed:
             ImageStore(settings, alias=job.collection).flush()  # searches then use the index
+            TextStore(settings, job.collection).flush()
         on_job_end(job.id, settings, jobs())  # renews a running job's lock; swaps/releases at the end
         return done
 

@@ -23,7 +23,8 @@ import redis.asyncio as aioredis
 from common.errors import QueryError
 from common.settings import Settings
 from common.store import Hit
-from query.filters import Filter, FilterError, parse_filters
+from query.filters import Filter, parse_filters
+from query.fusion import FusedHit
 from query.protocol import (
     BAD_REQUEST,
     HEARTBEAT_FRESH_MS,
@@ -38,6 +39,7 @@ from query.protocol import (
     parse_reply,
     reply_key,
 )
+from query.search import check_must, resolve_channels
 
 
 class SearchError(QueryError):
@@ -68,7 +70,7 @@ class ServerError(SearchError):
 class SearchResult:
     """Hits best first, plus which worker answered and in how large a batch."""
 
-    hits: list[Hit]
+    hits: list[Hit | FusedHit]  # FusedHit (with per-channel evidence) from current workers
     worker: str = ""
     batch: int = 0
     took_ms: float = 0.0
@@ -77,7 +79,8 @@ class SearchResult:
 
 def build_request(text: str | None = None, image: bytes | str | Path | None = None, like: int | str | None = None,
                   k: int = 10, filters: Sequence[Filter | dict] | None = None, timeout_s: float = 10.0,
-                  channels: Sequence[str] = ("clip",), max_image_bytes: int = 10 * 1024 * 1024) -> Request:
+                  channels: Sequence[str] | None = None, must: Sequence[str] | None = None,
+                  max_image_bytes: int = 10 * 1024 * 1024) -> Request:
     """Check what can be checked locally (one query, filters, image size) and make a request.
 
     ``image`` is bytes, a local file path (read here, sent as bytes) or an ``s3://`` URI
@@ -88,10 +91,12 @@ def build_request(text: str | None = None, image: bytes | str | Path | None = No
         raise BadRequest(f"give exactly one of text, image, like (got {', '.join(given) or 'none'})")
     try:
         parsed_filters = parse_filters(list(filters) if filters else [])
-    except FilterError as exc:
+        picked = resolve_channels(given[0], list(channels)) if channels is not None else None
+        words = check_must(list(must) if must else None)
+    except QueryError as exc:
         raise BadRequest(str(exc)) from None
     req = Request(id=uuid.uuid4().hex, deadline=now_ms() + int(timeout_s * 1000), kind=given[0], k=k,
-                  filters=parsed_filters, channels=tuple(channels))
+                  filters=parsed_filters, channels=picked, must=words)
     if text is not None:
         req.text = text
     elif like is not None:
@@ -154,10 +159,14 @@ class SearchClient(_Base):
 
     def search(self, text: str | None = None, image: bytes | str | Path | None = None,
                like: int | str | None = None, k: int = 10, filters: Sequence[Filter | dict] | None = None,
-               timeout: float | None = None, channels: Sequence[str] = ("clip",)) -> SearchResult:
-        """Search by text, image (bytes, path or s3:// URI) or an indexed image (id or URI)."""
+               timeout: float | None = None, channels: Sequence[str] | None = None,
+               must: Sequence[str] | None = None) -> SearchResult:
+        """Search by text, image (bytes, path or s3:// URI) or an indexed image (id or URI).
+
+        ``channels`` picks search channels (clip, bm25, dense, phash; None: the query kind's
+        defaults); ``must`` keeps only images whose indexed text contains every word."""
         req, timeout_s = self._request(timeout, text=text, image=image, like=like, k=k, filters=filters,
-                                       channels=channels)
+                                       channels=channels, must=must)
         try:
             self.redis.xadd(self.stream, self._entry(req))
             # Socket timeout must outlast the BLPOP itself.
@@ -196,10 +205,11 @@ class AsyncSearchClient(_Base):
 
     async def search(self, text: str | None = None, image: bytes | str | Path | None = None,
                      like: int | str | None = None, k: int = 10, filters: Sequence[Filter | dict] | None = None,
-                     timeout: float | None = None, channels: Sequence[str] = ("clip",)) -> SearchResult:
+                     timeout: float | None = None, channels: Sequence[str] | None = None,
+                     must: Sequence[str] | None = None) -> SearchResult:
         """Same as :meth:`SearchClient.search`, without blocking the event loop."""
         req, timeout_s = self._request(timeout, text=text, image=image, like=like, k=k, filters=filters,
-                                       channels=channels)
+                                       channels=channels, must=must)
         try:
             await self.redis.xadd(self.stream, self._entry(req))
             popped = await self.redis.blpop([reply_key(self.stream, req.id)], timeout=timeout_s)

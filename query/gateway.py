@@ -56,12 +56,16 @@ class SearchBody(BaseModel):
     k: int = Field(10, ge=1, le=MAX_K)
     filters: list[FilterModel] = []
     timeout_ms: int | None = Field(None, ge=1, le=600_000)
+    channels: list[str] | None = Field(None, description="clip, bm25, dense, phash; default: per query kind",
+                                       examples=[["clip", "bm25"]])
+    must: list[str] | None = Field(None, description="keep only images whose indexed text has every word")
 
 
 class HitModel(BaseModel):
     id: int
     uri: str
     score: float
+    evidence: dict[str, dict] = Field({}, description="channel -> {rank, score[, text, kind]}")
 
 
 class SearchResponse(BaseModel):
@@ -175,14 +179,18 @@ def create_app(settings: Settings) -> FastAPI:
         elif kind == "image_uri":
             kind = "image"
         filters = [f.model_dump() for f in body.filters]
-        return await run(kind, body.timeout_ms, k=body.k, filters=filters, **{kind: value})
+        return await run(kind, body.timeout_ms, k=body.k, filters=filters, channels=body.channels, must=body.must,
+                         **{kind: value})
 
     @app.post("/v1/search/image", response_model=SearchResponse, responses=errors,
               dependencies=[Depends(require_key)])
     async def search_image(request: Request, file: UploadFile = File(..., description="the query image"),
                            k: int = Form(10, ge=1, le=MAX_K),
                            filters: str = Form("[]", description="JSON list of {field, op, value}"),
-                           timeout_ms: int | None = Form(None, ge=1, le=600_000)) -> SearchResponse:
+                           timeout_ms: int | None = Form(None, ge=1, le=600_000),
+                           channels: str = Form("", description="comma-separated; default: per query kind"),
+                           must: str = Form("", description="comma-separated words the image's text must hold")
+                           ) -> SearchResponse:
         """Search by an uploaded image (multipart); larger than IMGSEARCH_QUERY_MAX_IMAGE_BYTES -> 413."""
         limit = settings.query_max_image_bytes
         data = await file.read(limit + 1)
@@ -194,7 +202,9 @@ def create_app(settings: Settings) -> FastAPI:
             parsed = json.loads(filters)
         except ValueError:
             raise GatewayError("bad_request", "filters must be a JSON list of {field, op, value}") from None
-        return await run("image", timeout_ms, image=data, k=k, filters=parsed)
+        picked = [c.strip() for c in channels.split(",") if c.strip()] or None
+        words = [w.strip() for w in must.split(",") if w.strip()] or None
+        return await run("image", timeout_ms, image=data, k=k, filters=parsed, channels=picked, must=words)
 
     @app.get("/healthz")
     async def healthz() -> dict:

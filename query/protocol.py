@@ -1,5 +1,8 @@
 """The query protocol over Redis, schema version 1 (documented in README "Query over Redis").
 
+``channels`` and ``must`` are optional fields of v1 (absent: the query kind's default
+channels, no keyword refinement); hits then carry per-channel ``evidence``.
+
 A request is one stream entry with two fields: ``id`` (repeated outside the JSON so that
 even a request whose JSON is broken can be answered) and ``req`` (the JSON below). The
 answer is pushed onto the list ``<stream>:reply:<id>`` (with a TTL), at most once per id.
@@ -21,15 +24,17 @@ from typing import Any
 
 from common.errors import QueryError
 from common.store import Hit
-from query.filters import Filter, FilterError, compile_filters, parse_filters
+from query.filters import Filter, compile_filters, parse_filters
+from query.fusion import FusedHit
+from query.search import check_must, resolve_channels
 
 SCHEMA_VERSION = 1
 MAX_K = 1000
 MAX_TEXT_CHARS = 2000
 MAX_URI_CHARS = 4096
-CHANNELS = ("clip",)  # implemented search channels; BM25/dense text/phash come with later issues
+CHANNELS = ("clip", "bm25", "dense", "phash")  # search channels (query.search); fused by RRF
 ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
-REQUEST_KEYS = {"v", "id", "deadline", "query", "k", "filters", "channels"}
+REQUEST_KEYS = {"v", "id", "deadline", "query", "k", "filters", "channels", "must"}
 QUERY_KINDS = ("text", "image", "image_uri", "like")
 HEARTBEAT_FRESH_MS = 5000  # a worker whose last heartbeat is older is not counted as ready
 
@@ -79,7 +84,13 @@ class Request:
     like: int | str | None = None
     k: int = 10
     filters: list[Filter] = field(default_factory=list)
-    channels: tuple[str, ...] = ("clip",)
+    channels: tuple[str, ...] | None = None  # None: the defaults of the query kind
+    must: tuple[str, ...] = ()
+
+    @property
+    def plain_clip(self) -> bool:
+        """Only the CLIP channel and no keyword refinement: the worker's fastest path."""
+        return self.channels == ("clip",) and not self.must
 
     @property
     def filter_expr(self) -> str:
@@ -94,9 +105,13 @@ class Request:
             query = {"image": base64.b64encode(self.image or b"").decode("ascii")}
         else:
             query = {self.kind: getattr(self, self.kind)}
-        return json.dumps({"v": SCHEMA_VERSION, "id": self.id, "deadline": self.deadline, "query": query,
-                           "k": self.k, "filters": [f.to_dict() for f in self.filters],
-                           "channels": list(self.channels)}, separators=(",", ":"))
+        doc = {"v": SCHEMA_VERSION, "id": self.id, "deadline": self.deadline, "query": query,
+               "k": self.k, "filters": [f.to_dict() for f in self.filters]}
+        if self.channels is not None:
+            doc["channels"] = list(self.channels)
+        if self.must:
+            doc["must"] = list(self.must)
+        return json.dumps(doc, separators=(",", ":"))
 
 
 def parse_request(raw: bytes | str, max_image_bytes: int) -> Request:
@@ -121,18 +136,25 @@ def parse_request(raw: bytes | str, max_image_bytes: int) -> Request:
     k = doc.get("k", 10)
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
         raise ProtocolError(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
-    channels = doc.get("channels", ["clip"])
-    if not isinstance(channels, list) or not channels or not all(isinstance(c, str) for c in channels):
+    channels = doc.get("channels")
+    if channels is not None and (not isinstance(channels, list) or not channels
+                                 or not all(isinstance(c, str) for c in channels)):
         raise ProtocolError("channels must be a non-empty list of strings")
-    bad = [c for c in channels if c not in CHANNELS]
+    bad = [c for c in channels or [] if c not in CHANNELS]
     if bad:
         raise ProtocolError(f"unsupported channels {bad}; available: {', '.join(CHANNELS)}")
     try:
         filters = parse_filters(doc.get("filters", []))
-    except FilterError as exc:
+        must = check_must(doc.get("must"))
+    except QueryError as exc:
         raise ProtocolError(str(exc)) from None
-    req = Request(id=request_id, deadline=deadline, kind="", k=k, filters=filters, channels=tuple(channels))
+    req = Request(id=request_id, deadline=deadline, kind="", k=k, filters=filters,
+                  channels=tuple(channels) if channels is not None else None, must=must)
     _parse_query(req, doc.get("query"), max_image_bytes)
+    try:
+        resolve_channels("image" if req.kind == "image_uri" else req.kind, req.channels)
+    except QueryError as exc:
+        raise ProtocolError(str(exc)) from None
     return req
 
 
@@ -185,7 +207,7 @@ class Reply:
 
     id: str
     ok: bool
-    hits: list[Hit] = field(default_factory=list)
+    hits: list[Hit | FusedHit] = field(default_factory=list)
     error_code: str = ""
     error_message: str = ""
     worker: str = ""
@@ -212,7 +234,8 @@ def parse_reply(raw: bytes | str) -> Reply:
         if doc.get("v") != SCHEMA_VERSION:
             raise ValueError(f"reply schema version {doc.get('v')!r}")
         if doc["ok"]:
-            hits = [Hit(int(h["id"]), str(h["uri"]), float(h["score"])) for h in doc["hits"]]
+            hits = [FusedHit.from_dict(h) if "evidence" in h else Hit(int(h["id"]), str(h["uri"]), float(h["score"]))
+                    for h in doc["hits"]]
             return Reply(doc["id"], True, hits, worker=doc.get("worker", ""), batch=int(doc.get("batch", 0)),
                          took_ms=float(doc.get("took_ms", 0.0)))
         err = doc["error"]

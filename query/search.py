@@ -2,21 +2,86 @@
 
 The model is taken from what the collection recorded when it was built, never from the
 current settings, so a query vector can never come from a different model than the
-indexed vectors.
+indexed vectors (the same holds for the text model of the ``texts`` collection).
+
+:meth:`SearchService.search` is the one entry point for hybrid search: it runs the
+requested channels (``clip``, ``bm25``, ``dense``, ``phash``), fuses them by RRF
+(:mod:`query.fusion`) and returns :class:`FusedHit` s with per-channel evidence.
+:meth:`SearchService.search_many` does the same for a batch of queries with one encoder
+call per model (the query worker's dynamic batching). ``search_text``/``search_image``/
+``search_like`` are the plain CLIP searches.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.errors import ImageError, ModelMismatchError, QueryError
 from common.images import decode_image
 from common.models.clip import ClipModel, load_clip
-from common.settings import Settings
+from common.settings import Settings, parse_weights
 from common.store import Hit, ImageStore
+from common.texts import TextStore
+from query.fusion import ChannelHit, FusedHit, fuse
 
 MAX_K = 1000
 MAX_TEXT_CHARS = 2000
+MAX_MUST = 16
+CHANNELS = ("clip", "bm25", "dense", "phash")
+# channels=None means these, per query kind; phash needs a query image (or an indexed one)
+DEFAULT_CHANNELS = {"text": ("clip", "bm25", "dense"), "image": ("clip", "phash", "bm25", "dense"),
+                    "like": ("clip", "phash", "bm25", "dense")}
+
+
+def resolve_channels(kind: str, channels: Sequence[str] | None) -> tuple[str, ...]:
+    """The channels to run for a query of ``kind``; QueryError for unknown or unusable ones."""
+    if channels is None:
+        return DEFAULT_CHANNELS[kind]
+    if isinstance(channels, str) or not channels or not all(isinstance(c, str) for c in channels):
+        raise QueryError("channels must be a non-empty list of channel names")
+    unknown = [c for c in channels if c not in CHANNELS]
+    if unknown:
+        raise QueryError(f"unknown channels {unknown}; available: {', '.join(CHANNELS)}")
+    if kind == "text" and "phash" in channels:
+        raise QueryError("the phash channel needs an image query (image or like), not text")
+    return tuple(dict.fromkeys(channels))
+
+
+def check_must(must: Sequence[str] | None) -> tuple[str, ...]:
+    """``must`` words: a list of 1-100 character strings, at most MAX_MUST of them."""
+    if not must:
+        return ()
+    if isinstance(must, str) or len(must) > MAX_MUST or not all(
+            isinstance(w, str) and w.strip() and len(w) <= 100 for w in must):
+        raise QueryError(f"must takes a list of up to {MAX_MUST} non-empty words (<= 100 characters each)")
+    from common.texts import TOKEN_RE
+
+    if not any(TOKEN_RE.findall(w) for w in must):
+        raise QueryError("must words need at least one letter or digit")
+    return tuple(w.strip() for w in must)
+
+
+@dataclass
+class Query:
+    """One hybrid query on its way through :meth:`SearchService.search_many`."""
+
+    kind: str  # text | image | like
+    text: str | None = None
+    image: bytes | None = None
+    like: int | str | None = None
+    k: int = 10
+    filter_expr: str = ""
+    channels: Sequence[str] | None = None
+    must: Sequence[str] | None = None
+    # filled while answering
+    pil: object = None
+    row: dict | None = None
+    query_text: str = ""
+    vectors: dict[str, object] = field(default_factory=dict)
+    exclude: list[int] = field(default_factory=list)
 
 
 class SearchService:
@@ -32,7 +97,166 @@ class SearchService:
                 f"collection {self.store.alias!r} was built with {recorded.label()}, but those "
                 f"weights now load as {self.model.spec.label()}: the checkpoint changed since "
                 "indexing; re-index or restore the original weights")
+        self._texts = TextStore(settings, self.store.alias)
+        self._text_encoder = None
+        self._lock = threading.Lock()
 
+    # -- hybrid search ---------------------------------------------------------------------
+    def search(self, text: str | None = None, image: bytes | str | Path | None = None, like: int | str | None = None,
+               k: int = 10, filter_expr: str = "", channels: Sequence[str] | None = None,
+               must: Sequence[str] | None = None) -> list[FusedHit]:
+        """Hybrid search by exactly one of text, image (bytes or a local path) or like (an
+        indexed image id or URI), fused over ``channels`` (None: the defaults of the kind).
+
+        ``must`` keeps only images whose indexed texts (OCR lines, captions, tags) contain
+        every word (Milvus TEXT_MATCH on analysed tokens: case-insensitive, split at
+        non-word characters). ``filter_expr`` comes from ``query.filters`` only.
+        """
+        given = [n for n, v in (("text", text), ("image", image), ("like", like)) if v is not None]
+        if len(given) != 1:
+            raise QueryError(f"give exactly one of text, image, like (got {', '.join(given) or 'none'})")
+        if image is not None and not isinstance(image, bytes):
+            image = self._read_image(image)
+        query = Query(given[0], text=text, image=image, like=like, k=k, filter_expr=filter_expr,
+                      channels=channels, must=must)
+        result = self.search_many([query])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def search_many(self, queries: Sequence[Query]) -> list[list[FusedHit] | QueryError]:
+        """Answer several hybrid queries: one CLIP text call, one CLIP image call and one
+        dense-text call for the whole batch; per query its hits or its QueryError."""
+        out: list[list[FusedHit] | QueryError | None] = [None] * len(queries)
+        live: list[int] = []
+        for n, q in enumerate(queries):
+            try:
+                self._prepare(q)
+                live.append(n)
+            except QueryError as exc:
+                out[n] = exc
+        self._encode([queries[n] for n in live])
+        for n in live:
+            try:
+                out[n] = self._answer(queries[n])
+            except QueryError as exc:
+                out[n] = exc
+        return out  # type: ignore[return-value]
+
+    def _prepare(self, q: Query) -> None:
+        """Validate, decode the image or look up the indexed one, find the query's text."""
+        if not isinstance(q.k, int) or isinstance(q.k, bool) or not 1 <= q.k <= MAX_K:
+            raise QueryError(f"k must be an integer from 1 to {MAX_K}, got {q.k!r}")
+        q.channels = resolve_channels(q.kind, q.channels)
+        q.must = check_must(q.must)
+        texts_wanted = {"bm25", "dense"} & set(q.channels)
+        if q.kind == "text":
+            q.query_text = (q.text or "").strip()
+            if not q.query_text:
+                raise QueryError("empty text query")
+            if len(q.query_text) > MAX_TEXT_CHARS:
+                raise QueryError(f"text query longer than {MAX_TEXT_CHARS} characters")
+        elif q.kind == "image":
+            q.pil = self._decode(q.image or b"")
+            if texts_wanted and self.texts.exists():
+                # the query image's own text (a label, a code) is searched in the indexed texts
+                from common.models.ocr import load_ocr
+
+                q.query_text = " ".join(ln.text for ln in load_ocr(self.settings).predict([q.pil])[0])
+        else:
+            q.row = self.lookup(q.like)
+            q.exclude = [int(q.row["id"])]
+            if texts_wanted and self.texts.exists():
+                q.query_text = " ".join(r["text"] for r in self.texts.rows_of(q.exclude[0]) if r["kind"] == "ocr")
+
+    def _encode(self, queries: Sequence[Query]) -> None:
+        """One encoder call per model for every query of the batch that needs it."""
+        from common.models.phash import phash_vector
+
+        texts = [q for q in queries if q.kind == "text" and "clip" in q.channels]
+        if texts:
+            for q, v in zip(texts, self.model.encode_texts([q.query_text for q in texts])):
+                q.vectors["clip"] = v
+        images = [q for q in queries if q.kind == "image" and "clip" in q.channels]
+        if images:
+            for q, v in zip(images, self.model.encode_images([q.pil for q in images])):
+                q.vectors["clip"] = v
+        dense = [q for q in queries if "dense" in q.channels and q.query_text]
+        if dense and self.texts.exists():
+            for q, v in zip(dense, self.text_encoder().encode([q.query_text for q in dense])):
+                q.vectors["dense"] = v
+        for q in queries:
+            if q.kind == "image" and "phash" in q.channels:
+                q.vectors["phash"] = phash_vector(q.pil)
+            if q.kind == "like":
+                q.vectors["clip"] = q.row["clip"]
+                if "phash" in q.channels:
+                    q.vectors["phash"] = self.store.client.query(
+                        self.store.alias, filter=f"id == {q.exclude[0]}", output_fields=["phash"])[0]["phash"]
+
+    def _answer(self, q: Query) -> list[FusedHit]:
+        depth = min(MAX_K, max(200, 10 * q.k) if q.must else max(50, 3 * q.k))
+        found: dict[str, list[ChannelHit]] = {}
+        uris: dict[int, str] = {}
+        for name in ("clip", "phash"):
+            if name in q.channels:
+                hits = self.store.search([q.vectors[name]], depth, field=name, exclude_ids=q.exclude,
+                                         filter_expr=q.filter_expr)[0]
+                if name == "phash":
+                    hits = [h for h in hits if h.score >= self.settings.phash_min_score]
+                uris.update({h.id: h.uri for h in hits})
+                found[name] = [ChannelHit(h.id, h.score) for h in hits]
+        skip = set(q.exclude)
+        if "bm25" in q.channels:
+            rows = self.texts.search_bm25([q.query_text], depth * 3)[0] if q.query_text else []
+            found["bm25"] = [ChannelHit(r.image_id, r.score, r.text, r.kind) for r in rows if r.image_id not in skip]
+        if "dense" in q.channels:
+            rows = self.texts.search_dense([q.vectors["dense"]], depth * 3)[0] if "dense" in q.vectors else []
+            found["dense"] = [ChannelHit(r.image_id, r.score, r.text, r.kind) for r in rows if r.image_id not in skip]
+        fused = fuse(found, parse_weights(self.settings.fusion_weights), self.settings.fusion_rrf_k)
+        if q.must:
+            keep = self.texts.images_containing([i for i, _, _ in fused], q.must)
+            fused = [f for f in fused if f[0] in keep]
+        # text channels know image ids only: their uris come from `images`, where the caller's
+        # filters apply too (and texts of images no longer indexed drop out)
+        missing = [i for i, _, _ in fused if i not in uris]
+        if missing:
+            uris.update(self.store.uris(missing, q.filter_expr))
+            fused = [f for f in fused if f[0] in uris]
+        return [FusedHit(i, uris[i], score, evidence) for i, score, evidence in fused[:q.k]]
+
+    @property
+    def texts(self) -> TextStore:
+        return self._texts
+
+    def text_encoder(self):
+        """The text model the texts collection was built with (loaded once)."""
+        from common.models.text import DEFAULT_LABEL, load_text_encoder
+
+        with self._lock:
+            if self._text_encoder is None:
+                label, dim = self.texts.text_model() or (DEFAULT_LABEL, 0)
+                enc = load_text_encoder(self.settings.with_overrides(text_model="" if label == DEFAULT_LABEL
+                                                                     else label))
+                if dim and enc.dim != dim:
+                    raise ModelMismatchError(f"texts of {self.store.alias!r} have {dim}-d vectors, but text model "
+                                             f"{label!r} now gives {enc.dim}-d")
+                self._text_encoder = enc
+            return self._text_encoder
+
+    def _read_image(self, image: str | Path) -> bytes:
+        try:
+            return Path(image).expanduser().read_bytes()
+        except OSError as exc:
+            raise QueryError(f"cannot read query image {image}: {exc.strerror or exc}") from None
+
+    def _decode(self, data: bytes):
+        try:
+            return decode_image(data, self.settings.max_image_bytes, self.settings.max_image_pixels).image
+        except ImageError as exc:
+            raise QueryError(f"bad query image ({exc.reason}): {exc.message}") from None
+
+    # -- plain CLIP searches -----------------------------------------------------------------
     def search_text(self, text: str, k: int = 10, filter_expr: str = "") -> list[Hit]:
         text = (text or "").strip()
         if not text:
@@ -46,16 +270,8 @@ class SearchService:
 
         ``filter_expr`` (here and below) is a Milvus expression compiled by ``query.filters``
         from structured filters; callers outside this package never write one."""
-        if not isinstance(image, bytes):
-            try:
-                image = Path(image).expanduser().read_bytes()
-            except OSError as exc:
-                raise QueryError(f"cannot read query image {image}: {exc.strerror or exc}") from None
-        try:
-            decoded = decode_image(image, self.settings.max_image_bytes, self.settings.max_image_pixels)
-        except ImageError as exc:
-            raise QueryError(f"bad query image ({exc.reason}): {exc.message}") from None
-        return self._search(self.model.encode_images([decoded.image])[0], k, filter_expr=filter_expr)
+        data = image if isinstance(image, bytes) else self._read_image(image)
+        return self._search(self.model.encode_images([self._decode(data)])[0], k, filter_expr=filter_expr)
 
     def search_like(self, ref: int | str, k: int = 10, filter_expr: str = "") -> list[Hit]:
         """Images like an indexed one (by id or URI); the image itself is left out."""

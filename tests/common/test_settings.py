@@ -25,10 +25,27 @@ def test_env_values_are_parsed_and_typed(tmp_path):
     ({"IMGSEARCH_BATCH_SIZE": "0"}, "IMGSEARCH_BATCH_SIZE must be >= 1"),
     ({"IMGSEARCH_COLLECTION": "x; drop"}, "IMGSEARCH_COLLECTION"),
     ({"IMGSEARCH_DEVICE": "tpu"}, "IMGSEARCH_DEVICE"),
+    ({"IMGSEARCH_OCR_BACKEND": "tesseract"}, "IMGSEARCH_OCR_BACKEND must be rapidocr or paddleocr"),
+    ({"IMGSEARCH_CAPTION_BACKEND": "gpt"}, "IMGSEARCH_CAPTION_BACKEND must be"),
+    ({"IMGSEARCH_OCR_ENABLED": "maybe"}, "IMGSEARCH_OCR_ENABLED must be true or false"),
+    ({"IMGSEARCH_OCR_MIN_CONFIDENCE": "high"}, "IMGSEARCH_OCR_MIN_CONFIDENCE must be a number"),
+    ({"IMGSEARCH_FUSION_WEIGHTS": "clip"}, "IMGSEARCH_FUSION_WEIGHTS takes channel=weight"),
+    ({"IMGSEARCH_FUSION_WEIGHTS": "clip=-1"}, "IMGSEARCH_FUSION_WEIGHTS takes channel=weight"),
 ])
 def test_bad_values_name_the_variable(env, fragment):
     with pytest.raises(ConfigError, match=fragment):
         Settings.from_env(env)
+
+
+def test_text_settings_parse_booleans_numbers_and_weights():
+    from common.settings import parse_weights
+
+    s = Settings.from_env({"IMGSEARCH_OCR_ENABLED": "off", "IMGSEARCH_OCR_MIN_CONFIDENCE": "0.75",
+                           "IMGSEARCH_FUSION_WEIGHTS": "clip=2, bm25=0.5", "IMGSEARCH_CAPTION_API_KEY": "sk-1"})
+    assert (s.ocr_enabled, s.ocr_min_confidence) == (False, 0.75)
+    assert parse_weights(s.fusion_weights) == {"clip": 2.0, "bm25": 0.5}
+    assert Settings.from_env({}).ocr_enabled and Settings.from_env({}).caption_backend == "clip"
+    assert "sk-1" not in "\n".join(v for _, v, _ in s.describe())
 
 
 def test_secrets_and_url_credentials_are_masked():

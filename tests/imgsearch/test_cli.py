@@ -39,7 +39,8 @@ def test_search_after_demo_uses_its_collection(demo_dir, model_cache):
     proc = run(["search", "--text", "a red sneaker", "-k", "10", "--json"], data, model_cache)
     assert proc.returncode == 0, proc.stderr
     hits = json.loads(proc.stdout)
-    assert len(hits) == 10 and set(hits[0]) == {"id", "uri", "score"}
+    assert len(hits) == 10 and set(hits[0]) == {"id", "uri", "score", "evidence"}
+    assert {"clip", "bm25", "dense"} >= set(hits[0]["evidence"]) and "clip" in hits[0]["evidence"]
     assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
     assert all(h["uri"].startswith(SAMPLES_DIR.as_uri()) for h in hits)
     assert sum("/sneaker/" in h["uri"] for h in hits) >= 6

@@ -38,20 +38,21 @@ def test_health_readiness_search_upload_and_metrics(gateway_settings, http, star
     assert http.get("/readyz").json() == {"status": "ready", "workers": ["gw-worker"]}
 
     service = SearchService(gateway_settings)
-    got = http.post("/v1/search", json={"text": "a leather handbag", "k": 5})
+    got = http.post("/v1/search", json={"text": "a leather handbag", "k": 5, "channels": ["clip"]})
     assert got.status_code == 200, got.text
     assert [h["id"] for h in got.json()["hits"]] == [h.id for h in service.search_text("a leather handbag", 5)]
     assert got.json()["worker"] == "gw-worker" and got.json()["batch"] >= 1
 
     png = sample_png(samples_dir)
-    up = http.post("/v1/search/image", files={"file": ("q.png", png, "image/png")}, data={"k": "5"})
+    up = http.post("/v1/search/image", files={"file": ("q.png", png, "image/png")}, data={"k": "5", "channels": "clip"})
     assert up.status_code == 200, up.text
     assert [h["id"] for h in up.json()["hits"]] == [h.id for h in service.search_image(png, 5)]
-    b64 = http.post("/v1/search", json={"image_base64": base64.b64encode(png).decode(), "k": 5})
+    b64 = http.post("/v1/search", json={"image_base64": base64.b64encode(png).decode(), "k": 5,
+                                           "channels": ["clip"]})
     assert [h["id"] for h in b64.json()["hits"]] == [h["id"] for h in up.json()["hits"]]
 
     first = got.json()["hits"][0]["id"]
-    like = http.post("/v1/search", json={"like": first, "k": 5,
+    like = http.post("/v1/search", json={"like": first, "k": 5, "channels": ["clip"],
                                          "filters": [{"field": "width", "op": ">=", "value": 1}]})
     assert [h["id"] for h in like.json()["hits"]] == [h.id for h in service.search_like(first, 5)]
 

@@ -44,7 +44,13 @@ def test_client_request_round_trips_through_the_worker_parser():
     (doc(deadline="soon"), "deadline must be"),
     (doc(k=0), "k must be an integer from 1 to 1000"),
     (doc(k=True), "k must be an integer"),
-    (doc(channels=["bm25"]), "unsupported channels"),
+    (doc(channels=["bm42"]), "unsupported channels"),
+    (doc(channels=[]), "channels must be a non-empty list"),
+    (doc(channels="clip"), "channels must be a non-empty list"),
+    (doc(channels=["phash"]), "phash channel needs an image query"),
+    (doc(must="word"), "must takes a list"),
+    (doc(must=[""]), "must takes a list"),
+    (doc(must=["--"]), "at least one letter or digit"),
     (doc(query={"text": "a", "like": 1}), "exactly one of"),
     (doc(query={"sql": "drop"}), "unknown query kind 'sql'"),
     (doc(query={"text": "   "}), "non-empty string"),
@@ -90,3 +96,34 @@ def test_replies_round_trip_and_broken_replies_are_server_errors():
 def test_client_refuses_bad_calls_before_sending(kwargs, fragment):
     with pytest.raises(BadRequest, match=fragment):
         build_request(**kwargs)
+
+
+def test_channels_and_must_round_trip_and_default_to_the_query_kind():
+    req = build_request(text="XK-4471", channels=["bm25", "dense"], must=["XK"], timeout_s=3)
+    back = parse_request(req.to_json(), LIMIT)
+    assert (back.channels, back.must, back.plain_clip) == (("bm25", "dense"), ("XK",), False)
+    assert parse(doc()).plain_clip  # channels ["clip"], no must: the plain CLIP path
+    without = doc()
+    del without["channels"]
+    assert parse(without).channels is None  # the worker uses the query kind's defaults
+    img = build_request(image=b"\x89PNG...", channels=["phash", "clip"], timeout_s=3)
+    assert parse_request(img.to_json(), LIMIT).channels == ("phash", "clip")
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    ({"text": "a", "channels": ["nope"]}, "unknown channels"),
+    ({"text": "a", "channels": ["phash"]}, "needs an image query"),
+    ({"text": "a", "must": ["  "]}, "must takes a list"),
+])
+def test_client_refuses_bad_channels_and_must(kwargs, fragment):
+    with pytest.raises(BadRequest, match=fragment):
+        build_request(**kwargs)
+
+
+def test_reply_hits_carry_their_evidence():
+    from query.fusion import FusedHit
+
+    hit = FusedHit(7, "s3://b/sign.png", 0.032, {"bm25": {"rank": 1, "score": 4.1, "text": "XK-4471", "kind": "ocr"},
+                                                 "clip": {"rank": 3, "score": 0.21}})
+    back = parse_reply(Reply("r3", True, [hit]).to_json())
+    assert back.hits == [FusedHit(7, "s3://b/sign.png", 0.032, hit.evidence)]

@@ -75,14 +75,15 @@ def test_queue_returns_the_same_ranking_as_the_in_process_service(queue_settings
 
     # One at a time: every request is a batch of one, the ranking must be identical.
     for kind, value, flt in calls:
-        result = client.search(k=10, filters=flt, **{kind: value})
+        result = client.search(k=10, filters=flt, channels=["clip"], **{kind: value})
         assert_same_ranking(result.hits, in_process(kind, value, flt), exact=True)
-    sneakers = client.search(text=TEXTS[0], k=10, filters=filters).hits
+    sneakers = client.search(text=TEXTS[0], k=10, filters=filters, channels=["clip"]).hits
     assert sneakers and all("/sneaker/" in h.uri for h in sneakers)
 
     # All at once: the worker batches them into shared encoder calls; answers stay the same.
     with ThreadPoolExecutor(16) as pool:
-        results = list(pool.map(lambda c: client.search(k=10, filters=c[2], **{c[0]: c[1]}), calls * 2))
+        results = list(pool.map(lambda c: client.search(k=10, filters=c[2], channels=["clip"], **{c[0]: c[1]}),
+                                calls * 2))
     for (kind, value, flt), result in zip(calls * 2, results):
         assert_same_ranking(result.hits, in_process(kind, value, flt), exact=False)
     assert max(r.batch for r in results) > 1, "concurrent requests were never batched"
@@ -91,7 +92,7 @@ def test_queue_returns_the_same_ranking_as_the_in_process_service(queue_settings
 
 def test_cli_search_goes_through_the_queue(queue_settings, service, start_worker):
     env = settings_env(queue_settings)
-    cmd = [sys.executable, "-m", "imgsearch", "search", "--text", TEXTS[1], "-k", "5", "--json"]
+    cmd = [sys.executable, "-m", "imgsearch", "search", "--text", TEXTS[1], "-k", "5", "--json", "--channels", "clip"]
     # No worker on this stream yet: the CLI must wait on the queue and time out (exit 1).
     slow = subprocess.run(cmd, env={**env, "IMGSEARCH_QUERY_TIMEOUT_MS": "1500"}, capture_output=True, text=True,
                           timeout=120)
@@ -171,7 +172,8 @@ def test_malformed_requests_get_clear_errors_and_the_worker_keeps_serving(queue_
     with pytest.raises(BadRequest) as info:
         client.search(like=999, k=3)
     assert info.value.code == "not_found"
-    assert [h.id for h in client.search(text="a coat", k=5).hits] == [h.id for h in service.search_text("a coat", 5)]
+    assert [h.id for h in client.search(text="a coat", k=5, channels=["clip"]).hits] == [
+        h.id for h in service.search_text("a coat", 5)]
     assert worker.proc.poll() is None
     assert r.llen(reply_key(stream, expired)) == 0
     assert r.xlen(stream) == 0 and r.xpending(stream, settings.query_group)["pending"] == 0

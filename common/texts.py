@@ -1,0 +1,244 @@
+"""The ``texts`` collection: OCR lines, captions and tags of indexed images.
+
+One row per piece of text: ``id`` (derived from image id + kind + position, so re-indexing
+writes the same keys), ``image_id``, ``kind`` (ocr | caption | tag), ``position``, ``text``
+(analyzer on; a Milvus BM25 function turns it into the ``sparse`` vector, so exact codes
+and serial numbers are found), ``dense`` (sentence-transformers vector, so paraphrases
+are found), ``confidence`` and ``box`` (OCR quadrilateral, empty for captions/tags).
+
+Like ``images`` the physical collection is versioned (``<alias>_texts_v1``) behind the
+alias ``<alias>_texts``, and records the text model that built it. Replacing an image's
+texts deletes all its rows first, then upserts the new ones, so stale lines never remain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from common.errors import ModelMismatchError
+from common.settings import Settings
+from common.store import PROP_PREFIX, UPSERT_ROWS, milvus_client
+
+KINDS = ("ocr", "caption", "tag")
+TEXT_MAX = 2048
+BOX_LEN = 8
+DELETE_IDS = 1000
+TOKEN_RE = re.compile(r"\w+", re.UNICODE)
+
+
+def text_id(image_id: int, kind: str, position: int) -> int:
+    """Stable positive int64 key of the ``position``-th text of ``kind`` of an image."""
+    digest = hashlib.blake2b(f"{int(image_id)}:{kind}:{int(position)}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") & ((1 << 63) - 1) or 1
+
+
+@dataclass(frozen=True)
+class TextItem:
+    """A piece of text to store for an image (before it gets its vector)."""
+
+    kind: str
+    text: str
+    confidence: float = 1.0
+    box: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class TextHit:
+    """One matching text row, best first within its channel."""
+
+    image_id: int
+    kind: str
+    text: str
+    score: float
+
+
+def texts_alias(collection: str) -> str:
+    return f"{collection}_texts"
+
+
+class TextStore:
+    """The texts collection paired with the images alias ``settings.collection``."""
+
+    def __init__(self, settings: Settings, collection: str | None = None):
+        self.settings = settings
+        self.alias = texts_alias(collection or settings.collection)
+        self.client = milvus_client(settings)
+        self._loaded: set[str] = set()
+
+    def physical_name(self) -> str | None:
+        if self.alias not in (self.client.list_aliases().get("aliases") or []):
+            return None
+        name = self.client.describe_alias(self.alias).get("collection_name")
+        if name and name not in self._loaded:
+            from pymilvus.client.types import LoadState
+
+            if self.client.get_load_state(name).get("state") != LoadState.Loaded:
+                self.client.load_collection(name)
+            self._loaded.add(name)
+        return name
+
+    def exists(self) -> bool:
+        return self.physical_name() is not None
+
+    def text_model(self) -> tuple[str, int] | None:
+        """(label, dim) of the text model the collection was built with, or None if absent."""
+        name = self.physical_name()
+        if name is None:
+            return None
+        props = self.client.describe_collection(name).get("properties", {})
+        return props.get(PROP_PREFIX + "text_model", ""), int(props.get(PROP_PREFIX + "text_dim", 0))
+
+    def ensure(self, model_label: str, dim: int) -> str:
+        """Create ``<alias>_v1`` + alias for this text model, or check the existing one matches."""
+        name = self.physical_name()
+        if name is not None:
+            recorded = self.text_model()
+            if recorded != (model_label, dim):
+                raise ModelMismatchError(
+                    f"text collection {self.alias!r} was built with text model {recorded}, not "
+                    f"{(model_label, dim)}: set IMGSEARCH_TEXT_MODEL to that model or use another collection")
+            return name
+        existing = set(self.client.list_collections())
+        version = 1
+        while f"{self.alias}_v{version}" in existing:
+            version += 1
+        name = f"{self.alias}_v{version}"
+        self._create(name, model_label, dim)
+        try:
+            self.client.create_alias(name, self.alias)
+        except Exception:  # another process created the alias meanwhile: use theirs
+            if self.physical_name() is None:
+                raise
+            return self.ensure(model_label, dim)
+        return name
+
+    def _create(self, name: str, model_label: str, dim: int) -> None:
+        from pymilvus import DataType, Function, FunctionType, MilvusClient
+
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("id", DataType.INT64, is_primary=True)
+        schema.add_field("image_id", DataType.INT64)
+        schema.add_field("kind", DataType.VARCHAR, max_length=16)
+        schema.add_field("position", DataType.INT32)
+        schema.add_field("text", DataType.VARCHAR, max_length=TEXT_MAX * 4, enable_analyzer=True,
+                         enable_match=True, analyzer_params={"type": "standard"})
+        schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
+        schema.add_field("dense", DataType.FLOAT_VECTOR, dim=dim)
+        schema.add_field("confidence", DataType.FLOAT)
+        schema.add_field("box", DataType.ARRAY, element_type=DataType.FLOAT, max_capacity=BOX_LEN)
+        schema.add_function(Function(name="text_bm25", function_type=FunctionType.BM25,
+                                     input_field_names=["text"], output_field_names=["sparse"]))
+        index = self.client.prepare_index_params()
+        index.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
+        index.add_index("dense", index_type="AUTOINDEX", metric_type="IP")
+        index.add_index("image_id", index_type="INVERTED")
+        self.client.create_collection(name, schema=schema, index_params=index)
+        self.client.alter_collection_properties(name, properties={
+            PROP_PREFIX + "text_model": model_label, PROP_PREFIX + "text_dim": str(dim)})
+
+    # -- rows ---------------------------------------------------------------------------
+    def replace(self, image_id: int, items: Sequence[TextItem], vectors: Sequence[Sequence[float]]) -> int:
+        """Make ``items`` the only texts of ``image_id``: delete its rows, then upsert the new."""
+        return self.replace_many({int(image_id): (list(items), list(vectors))})
+
+    def replace_many(self, per_image: dict[int, tuple[list[TextItem], list]], kinds: Sequence[str] = KINDS) -> int:
+        """Replace the texts of ``kinds`` for several images (one delete, chunked upserts)."""
+        if not per_image:
+            return 0
+        self.delete_images(per_image, kinds)
+        rows = []
+        for image_id, (items, vectors) in per_image.items():
+            positions: dict[str, int] = {}
+            for item, vec in zip(items, vectors):
+                pos = positions.get(item.kind, 0)
+                positions[item.kind] = pos + 1
+                box = [float(v) for v in item.box][:BOX_LEN]
+                rows.append({"id": text_id(image_id, item.kind, pos), "image_id": int(image_id), "kind": item.kind,
+                             "position": pos, "text": item.text[:TEXT_MAX], "dense": [float(v) for v in vec],
+                             "confidence": float(item.confidence), "box": box})
+        for start in range(0, len(rows), UPSERT_ROWS):
+            self.client.upsert(self.alias, rows[start:start + UPSERT_ROWS])
+        return len(rows)
+
+    def delete_images(self, image_ids: Iterable[int], kinds: Sequence[str] = KINDS) -> None:
+        """Delete every text row of the given images (of ``kinds``); nothing to do is fine.
+
+        Re-indexing calls this before writing new rows, and removing an image from the index
+        (re-index of a deleted object) calls it so no orphan text stays searchable.
+        """
+        if not self.exists():
+            return
+        ids = [int(i) for i in image_ids]
+        kind_expr = "" if set(kinds) == set(KINDS) else f" and kind in {list(kinds)}"
+        for start in range(0, len(ids), DELETE_IDS):
+            self.client.delete(self.alias, filter=f"image_id in {ids[start:start + DELETE_IDS]}{kind_expr}")
+
+    def rows_of(self, image_id: int) -> list[dict]:
+        """All text rows of one image, ordered by kind and position (for display and tests)."""
+        rows = self.client.query(self.alias, filter=f"image_id == {int(image_id)}",
+                                 output_fields=["kind", "position", "text", "confidence", "box"])
+        return sorted((dict(r) for r in rows), key=lambda r: (KINDS.index(r["kind"]), r["position"]))
+
+    def flush(self) -> None:
+        name = self.physical_name()
+        if name is not None:
+            self.client.flush(name)
+
+    # -- search -------------------------------------------------------------------------
+    def search_bm25(self, queries: Sequence[str], limit: int, image_filter: Sequence[int] | None = None
+                    ) -> list[list[TextHit]]:
+        """Best text rows by BM25 for each query string (Milvus' BM25 function on ``text``)."""
+        return self._search(list(queries), "sparse", "BM25", limit, image_filter)
+
+    def search_dense(self, vectors: Sequence[Sequence[float]], limit: int,
+                     image_filter: Sequence[int] | None = None) -> list[list[TextHit]]:
+        """Best text rows by cosine of their dense vectors, for each query vector."""
+        return self._search([list(map(float, v)) for v in vectors], "dense", "IP", limit, image_filter)
+
+    def _search(self, data: list, field: str, metric: str, limit: int,
+                image_filter: Sequence[int] | None) -> list[list[TextHit]]:
+        if not data or not self.exists():
+            return [[] for _ in data]
+        expr = f"image_id in {[int(i) for i in image_filter]}" if image_filter is not None else ""
+        results = self.client.search(self.alias, data=data, anns_field=field, limit=limit, filter=expr,
+                                     output_fields=["image_id", "kind", "text"],
+                                     search_params={"metric_type": metric})
+        out = []
+        for hits in results:
+            # Milvus Lite reports BM25 as a negative distance (smaller = better); server as a
+            # positive score. Both come back best first, so keep the order and the magnitude.
+            out.append([TextHit(int(h["entity"]["image_id"]), h["entity"]["kind"], h["entity"]["text"],
+                                abs(float(h["distance"])) if metric == "BM25" else float(h["distance"]))
+                        for h in hits])
+        return out
+
+    def images_containing(self, image_ids: Sequence[int], words: Sequence[str]) -> set[int]:
+        """Those of ``image_ids`` whose texts (any kind) contain every token of every word.
+
+        Matching is Milvus ``TEXT_MATCH`` on analysed tokens (standard analyzer: lower-cased,
+        split at non-word characters), so ``--must xk-4471`` needs the tokens ``xk`` and
+        ``4471``, each in some text row of the image.
+        """
+        keep = {int(i) for i in image_ids}
+        tokens = [t.lower() for w in words for t in TOKEN_RE.findall(w)]
+        if not tokens or not keep:
+            return keep if not tokens else set()
+        if not self.exists():
+            return set()
+        for token in dict.fromkeys(tokens):
+            rows = self.client.query(self.alias, filter=f"image_id in {sorted(keep)} and TEXT_MATCH(text, '{token}')",
+                                     output_fields=["image_id"], limit=16384)
+            keep &= {int(r["image_id"]) for r in rows}
+            if not keep:
+                break
+        return keep
+
+
+def delete_texts(settings: Settings, image_ids: Iterable[int], collection: str | None = None) -> None:
+    """Delete every OCR line, caption and tag of ``image_ids`` in the texts paired with
+    ``collection`` (default: the configured one). For re-indexing: images removed from the
+    source must not stay findable by their text. Missing collection or ids: nothing to do."""
+    TextStore(settings, collection).delete_images(image_ids)
