@@ -17,14 +17,9 @@ from collections.abc import Collection, Iterable
 from common.settings import Settings
 from common.sources import uri_included
 from common.store import ImageStore, prefix_filter
+from common.texts import delete_texts
 
 log = logging.getLogger(__name__)
-
-
-def texts_alias(images_alias: str) -> str:
-    """The ``texts`` alias that belongs to an ``images`` alias (``images`` -> ``texts``,
-    ``shop`` -> ``shop_texts``): text rows of an image live there, keyed by ``image_id``."""
-    return "texts" if images_alias == "images" else f"{images_alias}_texts"
 
 
 def remove_images(settings: Settings, ids: Iterable[int]) -> int:
@@ -38,10 +33,7 @@ def remove_images(settings: Settings, ids: Iterable[int]) -> int:
     if not ids:
         return 0
     store = ImageStore(settings)
-    texts = ImageStore(settings, alias=texts_alias(store.alias))
-    if texts.exists():
-        for start in range(0, len(ids), 1000):
-            texts.client.delete(texts.alias, filter=f"image_id in {ids[start:start + 1000]}")
+    delete_texts(settings, ids, store.alias)
     store.delete(ids)
     log.info("removed images", extra={"collection": store.alias, "count": len(ids)})
     return len(ids)
