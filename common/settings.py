@@ -114,6 +114,11 @@ class Settings:
         "help": "A worker process is replaced after a task leaves it above this resident "
                 "memory (MiB; 0 = no limit)."})
 
+    # -- near-duplicates (issue 5) ------------------------------------------------------------
+    duplicate_threshold: int = field(default=6, metadata={
+        "help": "Near-duplicate threshold: two images whose 64-bit perceptual hashes differ in at "
+                "most this many bits are duplicates (`imgsearch duplicates`; 0-32)."})
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
         """Read ``IMGSEARCH_<FIELD>`` variables; explicit ``overrides`` win. Bad values raise."""
@@ -157,6 +162,9 @@ class Settings:
         if self.device != "auto" and self.device.split(":")[0] not in ("cpu", "cuda", "mps"):
             raise ConfigError(f"{PREFIX}DEVICE must be auto, cpu, cuda[:N] or mps, got {self.device!r}")
         _validate_query(self)
+        if not 0 <= self.duplicate_threshold <= 32:
+            raise ConfigError(f"{PREFIX}DUPLICATE_THRESHOLD must be from 0 to 32 (bits of 64), "
+                              f"got {self.duplicate_threshold}")
 
     @property
     def cache_dir(self) -> Path:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +53,15 @@ class _LiteUnimplementedFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "Method not implemented" not in record.getMessage()
+
+
+class _LiteIteratorTimestampFilter(logging.Filter):
+    """Milvus Lite answers a query iterator without a session timestamp; pymilvus warns and
+    uses the client's clock, which is right for a single-process Lite file. Not news to an
+    operator, so that one record is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "failed to get mvccTs" not in record.getMessage()
 
 
 _clients: dict[str, object] = {}
@@ -214,6 +223,19 @@ class ImageStore:
     def count(self) -> int:
         rows = self.client.query(self.alias, filter="", output_fields=["count(*)"])
         return int(rows[0]["count(*)"])
+
+    def scan(self, fields: Sequence[str], batch_size: int = 1000) -> Iterator[list[dict]]:
+        """Every row's ``fields``, a page at a time (a query iterator: no offset limit)."""
+        iterator_log = logging.getLogger("pymilvus.client.iterator.query_iterator")
+        if not any(isinstance(f, _LiteIteratorTimestampFilter) for f in iterator_log.filters):
+            iterator_log.addFilter(_LiteIteratorTimestampFilter())
+        iterator = self.client.query_iterator(self.alias, batch_size=batch_size, filter="",
+                                              output_fields=list(fields))
+        try:
+            while page := iterator.next():
+                yield [dict(row) for row in page]
+        finally:
+            iterator.close()
 
     def get(self, image_id: int, with_vector: bool = False) -> dict | None:
         fields = SCALAR_FIELDS + (["clip"] if with_vector else [])

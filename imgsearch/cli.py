@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from imgsearch import cli_distributed, cli_query
+from imgsearch import cli_distributed, cli_eval, cli_query
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 
@@ -26,6 +26,8 @@ examples:
   imgsearch search --image query.jpg
   imgsearch search --like 123456789              # an indexed image's id (or its URI)
   imgsearch config                               # effective settings, secrets masked
+  imgsearch duplicates --threshold 6             # groups of near-duplicate images
+  imgsearch eval evalsets/ocr --json             # precision/recall/mAP per channel and fused
 
 Settings come from IMGSEARCH_* environment variables (see `imgsearch config`).
 Exit codes: 0 ok, 1 error, 2 usage, 3 ingest done but some images failed.
@@ -75,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("config", help="print effective settings (secrets masked)")
     cli_query.add_parsers(sub)
     cli_distributed.add_parsers(sub)
+    cli_eval.add_parsers(sub)
     return parser
 
 
@@ -154,3 +157,4 @@ def cmd_config(args, settings) -> int:
 COMMANDS = {"ingest": cmd_ingest, "search": cmd_search, "demo": cmd_demo, "config": cmd_config,
             **cli_distributed.COMMANDS}
 COMMANDS.update(cli_query.COMMANDS)
+COMMANDS.update(cli_eval.COMMANDS)
