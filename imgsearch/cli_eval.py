@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 
@@ -82,56 +81,20 @@ def cmd_duplicates(args, settings) -> int:
 
 
 def cmd_eval(args, settings) -> int:
-    from common.errors import ConfigError
-    from imgsearch.evalsets import load_dataset
+    from imgsearch.evaluate import evaluate_dataset
 
-    if args.k < 1 or args.depth < args.k or args.depth > 1000:
-        raise ConfigError(f"need 1 <= k <= depth <= 1000, got k={args.k} depth={args.depth}")
-    dataset = load_dataset(args.dataset)
-    wanted = [c.strip() for c in args.channels.split(",") if c.strip()] if args.channels else None
-    if args.existing:
-        return _run_eval(args, settings, dataset, wanted, images=len(dataset.images()))
-    if args.uri_prefix:
-        raise ConfigError("--uri-prefix goes with --existing")
-    with tempfile.TemporaryDirectory(prefix="imgsearch-eval-") as tmp:
-        eval_settings = settings.with_overrides(data_dir=Path(tmp), collection="evalset",
-                                                model_cache_dir=str(settings.cache_dir))
-        try:
-            images = _ingest(dataset, eval_settings, not args.no_progress)
-            return _run_eval(args, eval_settings, dataset, wanted, images)
-        finally:
-            from common.store import close_clients
+    bar = None
 
-            close_clients()  # releases the temporary Milvus Lite file before it is removed
+    def progress(total: int):
+        nonlocal bar
+        bar = _progress(total, "querying", not args.no_progress)
+        return bar.update if bar is not None else None
 
-
-def _ingest(dataset, settings, progress: bool) -> int:
-    from common.errors import SourceError
-    from imgsearch.evalsets import IMAGE_GLOBS
-    from ingest.runner import run_ingest
-
-    summary = run_ingest(str(dataset.root), settings, IMAGE_GLOBS, progress=progress and sys.stderr.isatty())
-    if summary.failures:
-        raise SourceError(f"{summary.failed} dataset images could not be indexed, so the scores would be "
-                          "wrong:\n" + summary.render())
-    return summary.indexed
-
-
-def _run_eval(args, settings, dataset, wanted, images: int) -> int:
-    from common.errors import ConfigError
-    from imgsearch.evaluate import available_channels, evaluate
-    from query.search import SearchService
-
-    service = SearchService(settings)
-    available = available_channels(service)
-    channels = wanted or list(available)
-    unknown = [c for c in channels if c not in available]
-    if unknown:
-        raise ConfigError(f"unknown channels {unknown}; available: {', '.join(available)}")
-    bar = _progress(len(dataset.queries), "querying", not args.no_progress)
     try:
-        report = evaluate(dataset, service, channels, args.k, args.depth, args.uri_prefix, images,
-                          progress=bar.update if bar is not None else None)
+        report = evaluate_dataset(args.dataset, settings, args.channels, args.k, args.depth,
+                                  existing=args.existing, uri_prefix=args.uri_prefix,
+                                  ingest_progress=not args.no_progress and sys.stderr.isatty(),
+                                  query_progress=progress)
     finally:
         if bar is not None:
             bar.close()

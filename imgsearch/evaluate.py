@@ -8,13 +8,16 @@ otherwise answers the two channels the plain service can (``clip`` through
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from common.errors import ImageError, QueryError
+from common.errors import ConfigError, ImageError, QueryError, SourceError
 from common.images import decode_image
 from common.models.phash import phash_query_vectors
-from imgsearch.evalsets import Dataset, EvalQuery
+from common.settings import Settings
+from imgsearch.evalsets import IMAGE_GLOBS, Dataset, EvalQuery, load_dataset
 from imgsearch.metrics import METRICS, mean_metrics, query_metrics
 
 FALLBACK_CHANNELS = ("clip", "phash")
@@ -159,3 +162,56 @@ def _own_id(dataset: Dataset, query: EvalQuery, uri_prefix: str) -> int | None:
     except ValueError:
         return None
     return dataset.resolve(rel, uri_prefix)
+
+
+def evaluate_dataset(path: str | Path, settings: Settings, channels: str | Sequence[str] | None = None,
+                     k: int = 10, depth: int = 100, existing: bool = False, uri_prefix: str = "",
+                     ingest_progress: bool = False,
+                     query_progress: Callable[[int], Callable[[int], None] | None] | None = None) -> EvalReport:
+    """What `imgsearch eval` does: load the dataset, ingest it into a temporary collection
+    (embedded mode, the configured model) unless ``existing``, then :func:`evaluate`.
+
+    ``query_progress(total)`` may return a callback that is called once per query."""
+    from query.search import SearchService
+
+    if k < 1 or depth < k or depth > 1000:
+        raise ConfigError(f"need 1 <= k <= depth <= 1000, got k={k} depth={depth}")
+    dataset = load_dataset(path)
+    chosen = choose_channels(channels)
+    if uri_prefix and not existing:
+        raise ConfigError("--uri-prefix goes with --existing")
+
+    def run(run_settings: Settings, images: int) -> EvalReport:
+        tick = query_progress(len(dataset.queries)) if query_progress is not None else None
+        return evaluate(dataset, SearchService(run_settings), chosen, k, depth, uri_prefix, images, tick)
+
+    if existing:
+        return run(settings, len(dataset.images()))
+    from common.store import close_clients
+    from ingest.runner import run_ingest
+
+    with tempfile.TemporaryDirectory(prefix="imgsearch-eval-") as tmp:
+        temp = settings.with_overrides(data_dir=Path(tmp), collection="evalset",
+                                       model_cache_dir=str(settings.cache_dir))
+        try:
+            summary = run_ingest(str(dataset.root), temp, IMAGE_GLOBS, progress=ingest_progress)
+            if summary.failures:
+                raise SourceError(f"{summary.failed} dataset images could not be indexed, so the scores "
+                                  "would be wrong:\n" + summary.render())
+            return run(temp, summary.indexed)
+        finally:
+            close_clients()  # releases the temporary Milvus Lite file before it is removed
+
+
+def choose_channels(option: str | Sequence[str] | None) -> list[str]:
+    """The channels to score, checked before any ingest work: the given ones, or all there are."""
+    from query.search import SearchService
+
+    available = available_channels(SearchService)
+    if isinstance(option, str):
+        option = [c.strip() for c in option.split(",") if c.strip()]
+    channels = list(option) if option else list(available)
+    unknown = [c for c in channels if c not in available]
+    if unknown or not channels:
+        raise ConfigError(f"unknown channels {unknown}; available: {', '.join(available)}")
+    return channels
