@@ -337,6 +337,25 @@ def build_ocr(out: Path, rng: np.random.Generator) -> list[dict]:
     return queries
 
 
+PROVENANCE = """# Evaluation sets (generated: do not edit by hand)
+
+Built by `scripts/build_eval_sets.py` (seeded; rebuild with
+`.venv/bin/python scripts/build_eval_sets.py`). Format and use: the README's "Evaluation".
+
+- `ocr/`: text rendered with the DejaVu fonts (Debian `fonts-dejavu-core`) onto tiles of
+  scikit-image's `retina`, `hubble_deep_field`, `brick`, `grass` and `gravel` samples;
+  `ocr/queries.jsonl` holds the queries (words, codes, hand-written paraphrases).
+- `neardup/`: one folder per scikit-image photo with its original and Copydays-style copies;
+  `neardup/_distractors/`: other scikit-image samples and images of its `lfw_subset`.
+- `queries.jsonl`: the mixed set over both folders.
+
+Image sources and licences: scikit-image's bundled sample data; each `skimage.data`
+function's docstring names its source and licence (CC0 or public domain for the photos
+used here; `stereo_motorcycle` from the Middlebury 2014 stereo benchmark; `lfw_subset`
+from Labeled Faces in the Wild).
+"""
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
@@ -359,6 +378,7 @@ def build(out: Path) -> None:
         mixed.append({"id": f"describe-{name}", "kind": "description", "text": DESCRIPTIONS[name],
                       "relevant": files})
     write_jsonl(out / "queries.jsonl", mixed)
+    (out / "README.md").write_text(PROVENANCE, encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:

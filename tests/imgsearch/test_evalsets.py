@@ -29,8 +29,7 @@ def test_committed_sets_are_what_the_script_builds(tmp_path):
     from scripts.build_eval_sets import build
 
     build(tmp_path / "evalsets")
-    committed = {k: v for k, v in digests(EVALSETS).items() if k != "README.md"}
-    assert digests(tmp_path / "evalsets") == committed
+    assert digests(tmp_path / "evalsets") == digests(EVALSETS)
 
 
 def test_sets_are_small_and_well_formed():
