@@ -78,8 +78,8 @@ def hash_study(threshold: int) -> list[list[object]]:
     groups = [None if p.parent.name.startswith("_") else p.parent.name for p in paths]
     images = [Image.open(p).convert("RGB") for p in paths]
     rows = []
-    for name, fn, expand in [("textbook", textbook_phash, False), ("windowed", phash_bits, False),
-                             ("windowed +variants", phash_bits, True)]:
+    for name, fn, expand in [("textbook", textbook_phash, False), ("textbook +variants", textbook_phash, True),
+                             ("windowed", phash_bits, False), ("windowed +variants", phash_bits, True)]:
         stored = np.array([fn(im) for im in images])
         pairwise = (stored[:, None, :] != stored[None, :, :]).sum(-1)
         per_copy: dict[str, list[float]] = {}

@@ -15,7 +15,6 @@ from pathlib import Path
 
 from common.errors import ConfigError, ImageError, QueryError, SourceError
 from common.images import decode_image
-from common.models.phash import phash_query_vectors
 from common.settings import Settings
 from imgsearch.evalsets import IMAGE_GLOBS, Dataset, EvalQuery, load_dataset
 from imgsearch.metrics import METRICS, mean_metrics, query_metrics
@@ -43,8 +42,10 @@ def ranked_ids(service, query: EvalQuery, channels: Sequence[str], depth: int) -
     """Image ids, best first, for ``query`` searched on ``channels`` (fused when several).
 
     The one adapter between the evaluation and the search service."""
-    if query.text is not None and set(channels) <= IMAGE_ONLY_CHANNELS:
-        return []
+    if query.text is not None:  # a text query has nothing to search on image-only channels
+        channels = [c for c in channels if c not in IMAGE_ONLY_CHANNELS]
+        if not channels:
+            return []
     image = query.image.read_bytes() if query.image is not None else None
     if has_fusion(service):
         hits = service.search(text=query.text, image=image, k=depth, channels=list(channels))
@@ -61,16 +62,13 @@ def ranked_ids(service, query: EvalQuery, channels: Sequence[str], depth: int) -
 
 
 def _phash_ranking(service, image: bytes, depth: int) -> list[int]:
-    """Best hash match per indexed image over the query's variants (crops, rotations)."""
+    from query.duplicates import search_phash
+
     try:
         decoded = decode_image(image, service.settings.max_image_bytes, service.settings.max_image_pixels)
     except ImageError as exc:
         raise QueryError(f"bad query image ({exc.reason}): {exc.message}") from None
-    best: dict[int, float] = {}
-    for hits in service.store.search(phash_query_vectors(decoded.image), depth, field="phash"):
-        for hit in hits:
-            best[hit.id] = max(best.get(hit.id, -65.0), hit.score)
-    return sorted(best, key=lambda i: (-best[i], i))[:depth]
+    return [h.id for h in search_phash(service.store, decoded.image, depth)]
 
 
 @dataclass
