@@ -37,7 +37,7 @@ from common.models.phash import _DCT, _N, phash_bits, query_variants  # noqa: E4
 from common.settings import Settings  # noqa: E402
 from common.store import close_clients  # noqa: E402
 from imgsearch.evalsets import IMAGE_GLOBS, load_dataset  # noqa: E402
-from imgsearch.evaluate import evaluate_dataset  # noqa: E402
+from imgsearch.evaluate import evaluate_dataset, temporary_settings  # noqa: E402
 from imgsearch.metrics import average_precision  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,8 +112,7 @@ def channel_rows(set_name: str, settings: Settings, channels: str | None, k: int
 
     root = SETS[set_name]
     with tempfile.TemporaryDirectory(prefix="bench-eval-") as tmp:
-        run_settings = settings.with_overrides(data_dir=Path(tmp), collection="bench",
-                                               model_cache_dir=str(settings.cache_dir))
+        run_settings = temporary_settings(settings, Path(tmp), "bench")
         try:
             summary = run_ingest(str(root), run_settings, IMAGE_GLOBS, progress=False)
             report = evaluate_dataset(root, run_settings, channels, k=k, depth=100, existing=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 from common.errors import ConfigError, ImageError, QueryError, SourceError
 from common.images import decode_image
 from common.settings import Settings
-from imgsearch.evalsets import IMAGE_GLOBS, Dataset, EvalQuery, load_dataset
+from imgsearch.evalsets import IMAGE_GLOBS, Dataset, DatasetError, EvalQuery, load_dataset
 from imgsearch.metrics import METRICS, mean_metrics, query_metrics
 
 FALLBACK_CHANNELS = ("clip", "phash")
@@ -139,8 +139,10 @@ def evaluate(dataset: Dataset, service, channels: Sequence[str], k: int = 10, de
         kinds.setdefault(q.kind, []).append(q.id)
     results = [ChannelResult(name) for name, _ in runs]
     for q in dataset.queries:
-        relevant = {dataset.resolve(r, uri_prefix) for r in q.relevant}
         own = _own_id(dataset, q, uri_prefix)
+        relevant = {dataset.resolve(r, uri_prefix) for r in q.relevant} - {own}
+        if not relevant:
+            raise DatasetError(f"query {q.id!r}: its only relevant image is the query image itself")
         for result, (_, chans) in zip(results, runs):
             ranked = [i for i in ranked_ids(service, q, chans, depth + (own is not None)) if i != own][:depth]
             result.answered += bool(ranked)
@@ -189,8 +191,7 @@ def evaluate_dataset(path: str | Path, settings: Settings, channels: str | Seque
     from ingest.runner import run_ingest
 
     with tempfile.TemporaryDirectory(prefix="imgsearch-eval-") as tmp:
-        temp = settings.with_overrides(data_dir=Path(tmp), collection="evalset",
-                                       model_cache_dir=str(settings.cache_dir))
+        temp = temporary_settings(settings, Path(tmp))
         try:
             summary = run_ingest(str(dataset.root), temp, IMAGE_GLOBS, progress=ingest_progress)
             if summary.failures:
@@ -213,3 +214,10 @@ def choose_channels(option: str | Sequence[str] | None) -> list[str]:
     if unknown or not channels:
         raise ConfigError(f"unknown channels {unknown}; available: {', '.join(available)}")
     return channels
+
+
+def temporary_settings(settings: Settings, folder: Path, collection: str = "evalset") -> Settings:
+    """Settings for a throw-away collection in ``folder``: always a Milvus Lite file of its own
+    (never a collection on the configured server), embedded, the usual model cache."""
+    return settings.with_overrides(data_dir=folder, collection=collection, milvus_uri="", milvus_token="",
+                                   redis_url="", model_cache_dir=str(settings.cache_dir))
