@@ -160,6 +160,11 @@ class Settings:
     phash_min_score: int = field(default=40, metadata={
         "help": "phash channel keeps hits with 64 - 2*hamming >= this (40: hamming <= 12)."})
 
+    # -- near-duplicates (issue 5) ------------------------------------------------------------
+    duplicate_threshold: int = field(default=6, metadata={
+        "help": "Near-duplicate threshold: two images whose 64-bit perceptual hashes differ in at "
+                "most this many bits are duplicates (`imgsearch duplicates`; 0-32)."})
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
         """Read ``IMGSEARCH_<FIELD>`` variables; explicit ``overrides`` win. Bad values raise."""
@@ -205,6 +210,9 @@ class Settings:
         _validate_query(self)
         _validate_schedules(self)
         _validate_text(self)
+        if not 0 <= self.duplicate_threshold <= 32:
+            raise ConfigError(f"{PREFIX}DUPLICATE_THRESHOLD must be from 0 to 32 (bits of 64), "
+                              f"got {self.duplicate_threshold}")
 
     @property
     def cache_dir(self) -> Path:

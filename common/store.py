@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -248,20 +248,25 @@ class ImageStore:
             self.client.delete(self.alias, filter=f"id in {ids[start:start + QUERY_IDS]}")
         return len(ids)
 
-    def iter_rows(self, fields: Sequence[str], filter_expr: str = "", batch: int = QUERY_IDS):
-        """Every row matching ``filter_expr`` (our own expressions only), in pages: a whole
-        collection may hold millions of rows, more than one query may return."""
-        it = self.client.query_iterator(self.alias, batch_size=batch, filter=filter_expr,
-                                        output_fields=list(fields))
-        try:
-            while page := it.next():
-                yield from page
-        finally:
-            it.close()
+    def iter_rows(self, fields: Sequence[str], filter_expr: str = "", batch: int = QUERY_IDS) -> Iterator[dict]:
+        """Every row matching ``filter_expr`` (our own expressions only), one at a time."""
+        for page in self.scan(fields, batch, filter_expr):
+            yield from page
 
     def count(self) -> int:
         rows = self.client.query(self.alias, filter="", output_fields=["count(*)"])
         return int(rows[0]["count(*)"])
+
+    def scan(self, fields: Sequence[str], batch_size: int = QUERY_IDS, filter_expr: str = "") -> Iterator[list[dict]]:
+        """Every row's ``fields``, a page at a time (a query iterator: a whole collection may
+        hold millions of rows, more than one query may return)."""
+        iterator = self.client.query_iterator(self.alias, batch_size=batch_size, filter=filter_expr,
+                                              output_fields=list(fields))
+        try:
+            while page := iterator.next():
+                yield [dict(row) for row in page]
+        finally:
+            iterator.close()
 
     def get(self, image_id: int, with_vector: bool = False) -> dict | None:
         fields = SCALAR_FIELDS + (["clip"] if with_vector else [])

@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from imgsearch import cli_distributed, cli_query, cli_reindex
+from imgsearch import cli_distributed, cli_eval, cli_query, cli_reindex
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 
@@ -27,6 +27,8 @@ examples:
   imgsearch search --like 123456789              # an indexed image's id (or its URI)
   imgsearch search --text "XK-4471" --channels bm25 --must XK   # exact code in OCR text
   imgsearch config                               # effective settings, secrets masked
+  imgsearch duplicates --threshold 6             # groups of near-duplicate images
+  imgsearch eval evalsets/ocr --json             # precision/recall/mAP per channel and fused
 
 Settings come from IMGSEARCH_* environment variables (see `imgsearch config`).
 Exit codes: 0 ok, 1 error, 2 usage, 3 ingest done but some images failed.
@@ -77,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_query.add_parsers(sub)
     cli_distributed.add_parsers(sub)
     cli_reindex.add_parsers(sub)
+    cli_eval.add_parsers(sub)
     return parser
 
 
@@ -160,4 +163,4 @@ COMMANDS = {"ingest": cmd_ingest, "search": cmd_search, "demo": cmd_demo, "confi
             **cli_distributed.COMMANDS}
 COMMANDS.update(cli_query.COMMANDS)
 COMMANDS.update(cli_reindex.COMMANDS)
-
+COMMANDS.update(cli_eval.COMMANDS)

@@ -11,6 +11,13 @@ want=$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-16)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     exit 0
 fi
+# DejaVu fonts: scripts/build_eval_sets.py renders text with them, and the test that rebuilds
+# the committed evaluation sets needs them (it skips with a reason without). Not fatal.
+if [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] && command -v apt-get >/dev/null 2>&1; then
+    { apt-get install -y -q fonts-dejavu-core >/dev/null 2>&1 \
+        || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q fonts-dejavu-core >/dev/null 2>&1; }; } \
+        || echo "bootstrap: could not install fonts-dejavu-core (evaluation-set rebuild test will skip)" >&2
+fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 echo "installing torch 2.14.1 + torchvision 0.29.1 (large; from local disk where available)..." >&2
