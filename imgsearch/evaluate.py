@@ -1,9 +1,8 @@
 """`imgsearch eval`: run a labelled dataset's queries per channel and fused, score the rankings.
 
-All calls to the search service go through :func:`ranked_ids` (one adapter): it uses the
-fused ``SearchService.search(text=, image=, k=, channels=)`` when the service has it, and
-otherwise answers the two channels the plain service can (``clip`` through
-``search_text``/``search_image``, ``phash`` through a search of the ``phash`` field).
+All calls to the search service go through :func:`ranked_ids`, which asks the fused
+``SearchService.search(text=, image=, k=, channels=)`` for one channel at a time and for all
+of them fused, so the scores are those of the search users get.
 """
 
 from __future__ import annotations
@@ -13,29 +12,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.errors import ConfigError, ImageError, QueryError, SourceError
-from common.images import decode_image
+from common.errors import ConfigError, SourceError
 from common.settings import Settings
 from imgsearch.evalsets import IMAGE_GLOBS, Dataset, DatasetError, EvalQuery, load_dataset
 from imgsearch.metrics import METRICS, mean_metrics, query_metrics
 
-FALLBACK_CHANNELS = ("clip", "phash")
 IMAGE_ONLY_CHANNELS = {"phash"}   # a text query has nothing to search there
 FUSED = "fused"
-
-
-def has_fusion(service) -> bool:
-    return callable(getattr(service, "search", None))
-
-
-def available_channels(service) -> tuple[str, ...]:
-    """The channels the service can search one by one."""
-    if has_fusion(service):
-        import query.search as search_module
-        from query.protocol import CHANNELS
-
-        return tuple(getattr(search_module, "CHANNELS", None) or CHANNELS)
-    return FALLBACK_CHANNELS
 
 
 def ranked_ids(service, query: EvalQuery, channels: Sequence[str], depth: int) -> list[int]:
@@ -47,28 +30,8 @@ def ranked_ids(service, query: EvalQuery, channels: Sequence[str], depth: int) -
         if not channels:
             return []
     image = query.image.read_bytes() if query.image is not None else None
-    if has_fusion(service):
-        hits = service.search(text=query.text, image=image, k=depth, channels=list(channels))
-        return [int(h.id) for h in hits]
-    if len(channels) != 1:
-        raise QueryError("fusing channels needs SearchService.search (the fused search service)")
-    channel = channels[0]
-    if channel == "clip":
-        hits = service.search_text(query.text, depth) if image is None else service.search_image(image, depth)
-        return [h.id for h in hits]
-    if channel == "phash":
-        return _phash_ranking(service, image, depth)
-    raise QueryError(f"channel {channel!r} is not available here (available: {', '.join(FALLBACK_CHANNELS)})")
-
-
-def _phash_ranking(service, image: bytes, depth: int) -> list[int]:
-    from query.duplicates import search_phash
-
-    try:
-        decoded = decode_image(image, service.settings.max_image_bytes, service.settings.max_image_pixels)
-    except ImageError as exc:
-        raise QueryError(f"bad query image ({exc.reason}): {exc.message}") from None
-    return [h.id for h in search_phash(service.store, decoded.image, depth)]
+    hits = service.search(text=query.text, image=image, k=depth, channels=list(channels))
+    return [int(h.id) for h in hits]
 
 
 @dataclass
@@ -130,10 +93,7 @@ def evaluate(dataset: Dataset, service, channels: Sequence[str], k: int = 10, de
     runs: list[tuple[str, tuple[str, ...]]] = [(c, (c,)) for c in channels]
     notes = []
     if len(channels) > 1:
-        if has_fusion(service):
-            runs.append((FUSED, tuple(channels)))
-        else:
-            notes.append("no fused row: this search service has no fused search (SearchService.search)")
+        runs.append((FUSED, tuple(channels)))
     kinds: dict[str, list[str]] = {}
     for q in dataset.queries:
         kinds.setdefault(q.kind, []).append(q.id)
@@ -204,9 +164,7 @@ def evaluate_dataset(path: str | Path, settings: Settings, channels: str | Seque
 
 def choose_channels(option: str | Sequence[str] | None) -> list[str]:
     """The channels to score, checked before any ingest work: the given ones, or all there are."""
-    from query.search import SearchService
-
-    available = available_channels(SearchService)
+    from query.search import CHANNELS as available
     if isinstance(option, str):
         option = [c.strip() for c in option.split(",") if c.strip()]
     channels = list(option) if option else list(available)

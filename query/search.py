@@ -25,6 +25,7 @@ from common.models.clip import ClipModel, load_clip
 from common.settings import Settings, parse_weights
 from common.store import Hit, ImageStore
 from common.texts import TextStore
+from query.duplicates import search_phash
 from query.fusion import ChannelHit, FusedHit, fuse
 
 MAX_K = 1000
@@ -171,8 +172,6 @@ class SearchService:
 
     def _encode(self, queries: Sequence[Query]) -> None:
         """One encoder call per model for every query of the batch that needs it."""
-        from common.models.phash import phash_vector
-
         texts = [q for q in queries if q.kind == "text" and "clip" in q.channels]
         if texts:
             for q, v in zip(texts, self.model.encode_texts([q.query_text for q in texts])):
@@ -185,9 +184,7 @@ class SearchService:
         if dense and self.texts.exists():
             for q, v in zip(dense, self.text_encoder().encode([q.query_text for q in dense])):
                 q.vectors["dense"] = v
-        for q in queries:
-            if q.kind == "image" and "phash" in q.channels:
-                q.vectors["phash"] = phash_vector(q.pil)
+        for q in queries:  # an image query's phash is searched with its variants (query.duplicates)
             if q.kind == "like":
                 q.vectors["clip"] = q.row["clip"]
                 if "phash" in q.channels:
@@ -200,8 +197,11 @@ class SearchService:
         uris: dict[int, str] = {}
         for name in ("clip", "phash"):
             if name in q.channels:
-                hits = self.store.search([q.vectors[name]], depth, field=name, exclude_ids=q.exclude,
-                                         filter_expr=q.filter_expr)[0]
+                if name == "phash" and q.kind == "image":  # the query's hash and its crop/rotation variants
+                    hits = search_phash(self.store, q.pil, depth, q.filter_expr, q.exclude)
+                else:
+                    hits = self.store.search([q.vectors[name]], depth, field=name, exclude_ids=q.exclude,
+                                             filter_expr=q.filter_expr)[0]
                 if name == "phash":
                     hits = [h for h in hits if h.score >= self.settings.phash_min_score]
                 uris.update({h.id: h.uri for h in hits})
