@@ -65,12 +65,14 @@ def spring_layout(n: int, edges: list[tuple[int, int, float]], start: np.ndarray
     for i, j, w in edges:
         weights[i, j] = weights[j, i] = max(w, 0.0) + 0.05
     temperature = 0.1
+    gravity = 2.0 * n * k
     for _ in range(iterations):
         delta = pos[:, None, :] - pos[None, :, :]
         dist = np.maximum(np.linalg.norm(delta, axis=2), 1e-4)
         force = (k * k / dist) - weights * dist * dist / k  # repulsion minus weighted attraction
         np.fill_diagonal(force, 0)
         move = (delta / dist[:, :, None] * force[:, :, None]).sum(axis=1)
+        move += gravity * (0.5 - pos)  # keeps groups that share no edge from drifting to the corners
         length = np.maximum(np.linalg.norm(move, axis=1, keepdims=True), 1e-9)
         pos += move / length * np.minimum(length, temperature)
         temperature *= 0.98

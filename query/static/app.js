@@ -8,7 +8,7 @@ const PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf
   "#7f7f7f", "#bcbd22", "#393b79", "#637939"];
 const state = {
   caps: null, apiKey: sessionStorage.getItem("imgsearch-key") || "", hits: [], query: null, queryLabel: "",
-  map: null, graph: null, graphFor: null, jobsTimer: null, detail: null, objectUrls: new Set(),
+  map: null, graph: null, graphFor: null, jobsTimer: null, detail: null, objectUrls: new Set(), keyPrompt: null,
 };
 const $ = (sel, root = document) => root.querySelector(sel);
 
@@ -54,15 +54,20 @@ async function api(path, options = {}) {
 }
 
 function askKey() {
-  return new Promise((resolve) => {
-    const dialog = $("#key-dialog");
-    dialog.addEventListener("close", () => {
-      state.apiKey = $("#api-key").value;
-      sessionStorage.setItem("imgsearch-key", state.apiKey);
-      resolve();
-    }, { once: true });
-    dialog.showModal();
-  });
+  // One prompt at a time: every request refused meanwhile waits for the same answer.
+  if (!state.keyPrompt) {
+    state.keyPrompt = new Promise((resolve) => {
+      const dialog = $("#key-dialog");
+      dialog.addEventListener("close", () => {
+        state.apiKey = $("#api-key").value;
+        sessionStorage.setItem("imgsearch-key", state.apiKey);
+        state.keyPrompt = null;
+        resolve();
+      }, { once: true });
+      dialog.showModal();
+    });
+  }
+  return state.keyPrompt;
 }
 
 function showError(err) {
@@ -149,7 +154,8 @@ function renderResults(result) {
     `${result.hits.length} results for ${state.queryLabel} (${Math.round(result.took_ms)} ms, worker ${result.worker})`;
   $("#results").dataset.query = state.queryLabel;
   result.hits.forEach((hit, i) => {
-    const img = el("img", { alt: `result ${i + 1}: ${hit.uri}`, loading: "lazy", width: 150, height: 150 });
+    const img = el("img", { alt: `result ${i + 1}: ${hit.uri}`, width: 150, height: 150,
+      loading: i < 100 ? "eager" : "lazy" });
     setThumb(img, hit.id);
     const button = el("button", { type: "button", class: "hit", "data-id": hit.id, "data-uri": hit.uri,
       "aria-label": `Result ${i + 1}, score ${hit.score.toFixed(3)}: ${hit.uri}. More like this.`,
