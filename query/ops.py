@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from query.protocol import ID_RE, SCHEMA_VERSION, SERVER_ERROR, ProtocolError, Reply
+from query.protocol import SCHEMA_VERSION, SERVER_ERROR, ProtocolError, Reply, load_envelope
 
 OPS = ("stats", "rows", "sample")
 MAX_ROWS = 1000
@@ -69,22 +69,8 @@ class OpReply:
 
 def parse_op(raw: bytes | str) -> OpRequest:
     """JSON text -> :class:`OpRequest`, or :class:`ProtocolError` naming the problem."""
-    try:
-        doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"op request is not valid JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise ProtocolError("op request must be a JSON object")
-    unknown = set(doc) - OP_KEYS
-    if unknown:
-        raise ProtocolError(f"unknown op request fields: {', '.join(sorted(unknown))}")
-    if doc.get("v") != SCHEMA_VERSION:
-        raise ProtocolError(f"unsupported schema version {doc.get('v')!r}; this worker speaks v{SCHEMA_VERSION}")
-    req_id, deadline, op = doc.get("id"), doc.get("deadline"), doc.get("op")
-    if not isinstance(req_id, str) or not ID_RE.match(req_id):
-        raise ProtocolError("id must be 1-128 characters of letters, digits, _ . : -")
-    if isinstance(deadline, bool) or not isinstance(deadline, int) or deadline <= 0:
-        raise ProtocolError("deadline must be a positive integer (unix time in milliseconds)")
+    doc = load_envelope(raw, OP_KEYS, "op request")
+    req_id, deadline, op = doc["id"], doc["deadline"], doc.get("op")
     if op not in OPS:
         raise ProtocolError(f"unknown op {op!r}; use one of: {', '.join(OPS)}")
     vectors = doc.get("vectors", False)
