@@ -10,6 +10,7 @@ changed object is never served stale.
 
 from __future__ import annotations
 
+import functools
 import io
 import threading
 from collections import OrderedDict
@@ -19,7 +20,7 @@ from PIL import Image
 from common.errors import ImageError, ImgsearchError
 from common.images import decode_image
 from common.settings import Settings
-from common.sources import fetcher_for
+from common.sources import fetcher_for, split_s3_uri
 
 QUALITY = 85
 
@@ -70,10 +71,18 @@ class ThumbnailCache:
         return len(self._items)
 
 
+@functools.lru_cache(maxsize=64)
+def _fetcher(root: str, settings: Settings):
+    """One source per bucket (its boto3 clients are made once per thread, not per thumbnail)."""
+    return fetcher_for(root, settings)
+
+
 def fetch_source(uri: str, settings: Settings) -> bytes:
     """The object's bytes (at most the ingest byte limit + 1), or ThumbnailError saying why not."""
+    root = f"s3://{split_s3_uri(uri)[0]}/" if uri.startswith("s3://") else uri
     try:
-        return fetcher_for(uri, settings).fetch(uri, settings.max_image_bytes)
+        fetcher = _fetcher(root, settings) if uri.startswith("s3://") else fetcher_for(uri, settings)
+        return fetcher.fetch(uri, settings.max_image_bytes)
     except FileNotFoundError:
         raise ThumbnailError("not_found", f"source object {uri} no longer exists") from None
     except ImgsearchError as exc:

@@ -128,7 +128,7 @@ def install(app: FastAPI, settings: Settings, client_of: Callable[[], AsyncSearc
         except ThumbnailError as exc:
             raise error(THUMB_STATUS.get(exc.code, "server_error"), str(exc)) from None
         return Response(data, media_type="image/jpeg",
-                        headers={"Cache-Control": "private, max-age=3600",
+                        headers={"Cache-Control": "private, max-age=600",
                                  "ETag": _etag(row, size)})
 
     @app.post("/v1/graph", dependencies=keyed)

@@ -200,6 +200,33 @@ def test_collection_map_is_cached_until_the_collection_changes(web_settings, web
         assert small["count"] == count + 5 and 1 <= small["sampled"] == len(small["points"]) <= 10
 
 
+def test_thumbnails_of_images_indexed_from_s3(web_settings, web_collection, http, s3_server, samples_dir):
+    """Objects indexed from a bucket are fetched with the S3 settings; a deleted object is a 404."""
+    from ingest.runner import run_ingest
+
+    client = s3_server.client()
+    bucket = f"web{uuid.uuid4().hex[:8]}"
+    client.create_bucket(Bucket=bucket)
+    for path in sorted((samples_dir / "sandal").glob("*.png"))[5:7]:
+        client.put_object(Bucket=bucket, Key=f"shop/sandal/{path.name}", Body=path.read_bytes())
+    s3 = {"s3_endpoint_url": s3_server.endpoint_url, "s3_region": s3_server.region,
+          "s3_access_key": s3_server.access_key, "s3_secret_key": s3_server.secret_key}
+    assert run_ingest(f"s3://{bucket}/shop/", web_collection[0].with_overrides(**s3), progress=False).indexed == 2
+    kept, gone = sorted((r for r in ImageStore(web_settings).sample(1000)[1] if r["uri"].startswith(f"s3://{bucket}/")),
+                        key=lambda r: r["uri"])
+    client.delete_object(Bucket=bucket, Key=gone["uri"].split(f"s3://{bucket}/", 1)[1])
+    with TestClient(create_app(web_settings.with_overrides(**s3))) as s3_http:
+        got = s3_http.get(f"/v1/thumbnails/{kept['id']}", params={"size": 64})
+        assert got.status_code == 200, got.text
+        assert Image.open(io.BytesIO(got.content)).size == (28, 28)
+        missing = s3_http.get(f"/v1/thumbnails/{gone['id']}", params={"size": 64})
+        assert missing.status_code == 404 and "no longer exists" in missing.json()["error"]["message"], missing.text
+    wrong = web_settings.with_overrides(**{**s3, "s3_secret_key": "wrong-secret"})
+    with TestClient(create_app(wrong)) as bad_http:
+        refused = bad_http.get(f"/v1/thumbnails/{kept['id']}", params={"size": 64})
+        assert refused.status_code == 502 and "cannot fetch" in refused.json()["error"]["message"], refused.text
+
+
 def test_job_view_shows_progress_rate_and_dead_letters(web_settings, redis_server, http):
     job_id = ingest_job(redis_server.url, "s3://photos/2024/", listed=10, indexed=6,
                         failed_uris=["s3://photos/2024/broken.jpg"])
