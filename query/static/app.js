@@ -288,7 +288,7 @@ async function showGraph() {
   const pos = Object.fromEntries(g.nodes.map((n) => [n.id, [pad + n.x * (W - 2 * pad), pad + n.y * (H - 2 * pad)]]));
   svg.replaceChildren();
   const weights = g.edges.map((e) => e.weight);
-  const lo = Math.min(...weights, 0), hi = Math.max(...weights, 1e-6);
+  const lo = Math.min(...weights), hi = Math.max(...weights);
   for (const e of g.edges) {
     const [x1, y1] = pos[e.source], [x2, y2] = pos[e.target];
     const t = (e.weight - lo) / ((hi - lo) || 1);
