@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import platform
+import signal
 import time
 from pathlib import Path
 
@@ -54,3 +55,12 @@ def machine() -> str:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return f"{cpu}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}, threads {torch.get_num_threads()}"
+
+
+def stop_cleanly_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so a bench that is killed still leaves its ``with``
+    blocks: the servers and workers it started are stopped instead of orphaned."""
+    def _exit(signum, _frame) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _exit)

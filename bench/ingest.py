@@ -19,6 +19,7 @@ Not a test: nothing here asserts a speed. ``--record`` appends a row to bench/RE
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -32,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-from bench.harness import machine, raw_encoder_rate, smooth_jpeg  # noqa: E402
+from bench.harness import machine, raw_encoder_rate, smooth_jpeg, stop_cleanly_on_sigterm  # noqa: E402
 from bench.results import record_row  # noqa: E402
 from common.models.clip import load_clip  # noqa: E402
 from common.settings import PREFIX, Settings  # noqa: E402
@@ -62,6 +63,22 @@ def run_job(env: dict, settings: Settings, location: str, collection: str):
     seconds = time.perf_counter() - start
     assert job.status == "done" and job.failed == 0 and job.indexed == job.listed, job.to_dict()
     return job, seconds
+
+
+def embed_split(log_path: Path, job_id: str, wall_s: float) -> dict[str, float]:
+    """Where the embed worker's time went in one job, as shares of the job's wall time:
+    the encoder's forward passes, waiting for fetch/decode, upserts (from its
+    ``embed timing`` log lines)."""
+    totals = {"encode_s": 0.0, "prepare_wait_s": 0.0, "upsert_s": 0.0, "task_s": 0.0}
+    for line in log_path.read_text(errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if rec.get("msg") == "embed timing" and rec.get("job") == job_id:
+            for key in totals:
+                totals[key] += float(rec.get(key, 0.0))
+    return {key.removesuffix("_s"): value / wall_s for key, value in totals.items()}
 
 
 def chain_overhead(settings: Settings, n: int) -> float:
@@ -95,6 +112,7 @@ def main() -> int:
     parser.add_argument("--note", default="", help="appended to the machine column (e.g. 'shared')")
     parser.add_argument("--record", action="store_true", help="append the result to bench/RESULTS.md")
     args = parser.parse_args()
+    stop_cleanly_on_sigterm()
     w, h = (int(v) for v in args.size.lower().split("x"))
 
     from tests.servers import MilvusLiteServer, RedisServer, S3Server
@@ -125,16 +143,18 @@ def main() -> int:
         raw = raw_encoder_rate(model, images, args.batch_size, args.repeats)
 
         try:
-            for queues in ("embed", "ocr,caption,finish,plan"):
+            for queues, level in (("embed", "INFO"), ("ocr,caption,finish,plan", "WARNING")):
                 workers.append(subprocess.Popen(
-                    [sys.executable, "-m", "imgsearch", "worker", "--queues", queues, "--loglevel", "WARNING"],
+                    [sys.executable, "-m", "imgsearch", "worker", "--queues", queues, "--loglevel", level],
                     env=env, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                     stderr=open(tmp_path / f"worker-{len(workers)}.log", "wb"), start_new_session=True))
             run_job(env, settings, "s3://bench/warm/", "warmup")  # workers up, models loaded
-            best = 0.0
+            best, split = 0.0, {}
             for r in range(args.repeats):
                 job, seconds = run_job(env, settings, "s3://bench/imgs/", f"bench{r}")
-                best = max(best, job.indexed / seconds)
+                if job.indexed / seconds > best:
+                    best = job.indexed / seconds
+                    split = embed_split(tmp_path / "worker-0.log", job.id, seconds)
             overhead = chain_overhead(settings.with_overrides(collection="warmup"), args.overhead_batches)
         finally:
             for proc in workers:
@@ -159,6 +179,8 @@ def main() -> int:
     print(f"distributed  {best:9.1f} images/s  (2 workers: embed + ocr,caption,finish,plan)")
     print(f"ratio        {ratio:9.2f}")
     print(f"overhead     {overhead * 1000:9.1f} ms per batch (empty chain: 4 queue hops + counters)")
+    print("embed worker share of the best job's wall time: " + ", ".join(
+        f"{name} {share:.0%}" for name, share in split.items()) + " (task = inside embed tasks)")
     if args.record:
         header = ("\n## bench/ingest.py — distributed ingest vs raw encoder\n\n"
                   "raw = forward pass over preprocessed batches in the bench process; distributed = "

@@ -9,6 +9,7 @@ One bad image never fails a batch: it becomes a :class:`Failure` with a reason.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -45,6 +46,10 @@ class BatchResult:
     indexed: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     failed: list[Failure] = field(default_factory=list)
+    # Seconds spent in the forward pass and in the upsert: the stage logs them so an
+    # operator (and bench/ingest.py) can see whether the encoder is kept busy.
+    encode_s: float = 0.0
+    upsert_s: float = 0.0
 
     @property
     def total(self) -> int:
@@ -130,7 +135,10 @@ def write_batch(prepared: PreparedBatch, ctx: EmbedContext) -> BatchResult:
     result = prepared.result
     if not prepared.objects:
         return result
+    started = time.perf_counter()
     vectors = ctx.model.encode_image_tensors(prepared.tensors)
+    encoded = time.perf_counter()
+    result.encode_s += encoded - started
     stamp = now_ms()
     rows = []
     for obj, dec, vec, ph in zip(prepared.objects, prepared.decoded, vectors, prepared.phashes):
@@ -141,6 +149,7 @@ def write_batch(prepared: PreparedBatch, ctx: EmbedContext) -> BatchResult:
             "model": ctx.model_tag, "clip": vec.tolist(), "phash": ph,
         })
     ctx.store.upsert(rows)
+    result.upsert_s += time.perf_counter() - encoded
     result.indexed.extend(obj.uri for obj in prepared.objects)
     return result
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -148,9 +149,13 @@ def embed_stage(spec: BatchSpec, ctx: WorkerContext, jobs: JobStore) -> dict:
     chunks = [manifest[i:i + size] for i in range(0, len(manifest), size)]
     total = BatchResult()
     encoded = 0
+    started = time.perf_counter()
+    waited = 0.0
     pending = ctx.ahead_pool.submit(prepare_batch, chunks[0], ectx) if chunks else None
     for n in range(len(chunks)):
+        wait_from = time.perf_counter()
         prepared = pending.result()
+        waited += time.perf_counter() - wait_from
         if n + 1 < len(chunks):
             pending = ctx.ahead_pool.submit(prepare_batch, chunks[n + 1], ectx)
         encoded += len(prepared.objects)
@@ -158,7 +163,13 @@ def embed_stage(spec: BatchSpec, ctx: WorkerContext, jobs: JobStore) -> dict:
         total.indexed += result.indexed
         total.unchanged += result.unchanged
         total.failed += result.failed
+        total.encode_s += result.encode_s
+        total.upsert_s += result.upsert_s
     jobs.add_encoded(spec["job"], encoded)
+    log.info("embed timing", extra={
+        "job": spec["job"], "batch": spec["batch"], "images": encoded,
+        "task_s": round(time.perf_counter() - started, 4), "prepare_wait_s": round(waited, 4),
+        "encode_s": round(total.encode_s, 4), "upsert_s": round(total.upsert_s, 4)})
     by_uri = {m["uri"]: m for m in manifest}
     failures = [{**f.to_dict(), "etag": by_uri[f.uri]["etag"], "size": by_uri[f.uri]["size"],
                  "batch": spec["batch"]} for f in total.failed]
