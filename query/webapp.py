@@ -35,7 +35,7 @@ from common.settings import Settings
 from query import explore
 from query.client import AsyncSearchClient, BadRequest, SearchTimeout, ServerError
 from query.filters import FIELDS, INT_OPS, STRING_OPS
-from query.protocol import CHANNELS, MAX_K, SCHEMA_VERSION
+from query.protocol import CHANNELS, MAX_K, REQUEST_KEYS, SCHEMA_VERSION
 from query.thumbnails import ThumbnailCache, ThumbnailError, thumbnail
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -103,6 +103,7 @@ def install(app: FastAPI, settings: Settings, client_of: Callable[[], AsyncSearc
         """What the page may offer: channels, filter fields with their operators, limits."""
         return {"schema_version": SCHEMA_VERSION, "channels": list(CHANNELS), "max_k": MAX_K,
                 "filter_fields": {name: list(STRING_OPS if kind is str else INT_OPS) for name, kind in FIELDS.items()},
+                "must": "must" in REQUEST_KEYS,  # "image text must hold these words" (fused search)
                 "thumb_max_size": settings.thumb_max_size, "graph_max_nodes": MAX_GRAPH_NODES,
                 "api_key_required": bool(settings.gateway_api_key)}
 

@@ -105,15 +105,27 @@ function currentFilters() {
   return out;
 }
 
-function currentChannels() {
+// Channels to ask for, or null for the server's defaults (every box ticked). A text query
+// leaves out phash: it compares pixels, and a text query has none.
+function currentChannels(kind) {
   const boxes = [...document.querySelectorAll("#channel-list input")];
-  return boxes.filter((b) => b.checked).map((b) => b.value);
+  if (boxes.every((b) => b.checked)) return null;
+  const picked = boxes.filter((b) => b.checked).map((b) => b.value);
+  return kind === "text" ? picked.filter((c) => c !== "phash") : picked;
 }
 
-function searchOptions() {
+function currentMust() {
+  if (!state.caps.must) return null;
+  const words = $("#must").value.split(",").map((w) => w.trim()).filter(Boolean);
+  return words.length ? words : null;
+}
+
+function searchOptions(kind) {
   const body = { k: Number($("#k").value), filters: currentFilters() };
-  // Send channels only when the server offers a choice (older gateways refuse the field).
-  if (state.caps.channels.length > 1) body.channels = currentChannels();
+  // Only what the user chose is sent, so gateways without channels/must never see them.
+  const channels = currentChannels(kind), must = currentMust();
+  if (channels) body.channels = channels;
+  if (must) body.must = must;
   return body;
 }
 
@@ -128,12 +140,15 @@ async function runSearch(query, label) {
     if (query.file) {
       const form = new FormData();
       form.append("file", query.file, query.file.name || "pasted-image");
-      const opts = searchOptions();
+      const opts = searchOptions("image");
       form.append("k", String(opts.k));
       form.append("filters", JSON.stringify(opts.filters));
+      if (opts.channels) form.append("channels", opts.channels.join(","));
+      if (opts.must) form.append("must", opts.must.join(","));
       result = await api("/v1/search/image", { method: "POST", body: form });
     } else {
-      result = await api("/v1/search", { method: "POST", json: Object.assign(searchOptions(), query.body) });
+      const kind = query.body.text !== undefined ? "text" : "like";
+      result = await api("/v1/search", { method: "POST", json: Object.assign(searchOptions(kind), query.body) });
     }
     state.hits = result.hits;
     state.graph = null;
@@ -219,6 +234,7 @@ function renderChannels() {
   const list = $("#channel-list");
   list.replaceChildren(...state.caps.channels.map((c) => el("label", {},
     el("input", { type: "checkbox", value: c, checked: true, disabled: state.caps.channels.length === 1 }), ` ${c}`)));
+  $("#must-row").hidden = !state.caps.must;
 }
 
 // ---- detail panel and hover preview -----------------------------------------------------

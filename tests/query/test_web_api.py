@@ -18,7 +18,7 @@ from PIL import Image
 from common.store import ImageStore
 from query.gateway import create_app
 from query.ops import decode_vectors, parse_op
-from query.protocol import CHANNELS, ProtocolError, now_ms, reply_key
+from query.protocol import CHANNELS, REQUEST_KEYS, ProtocolError, now_ms, reply_key
 from query.search import SearchService
 from query.thumbnails import ThumbnailCache
 from tests.conftest import CLASSES
@@ -85,7 +85,7 @@ def test_page_and_assets_are_served_locally_and_capabilities_follow_the_protocol
             assert "https://" not in got.text and "//cdn" not in got.text, f"{asset} loads something remote"
         assert http.get("/static/../gateway.py").status_code == 404
         caps = http.get("/v1/capabilities").json()
-        assert caps["channels"] == list(CHANNELS)
+        assert caps["channels"] == list(CHANNELS) and caps["must"] == ("must" in REQUEST_KEYS)
         assert caps["filter_fields"]["width"][:2] == ["==", "!="] and "prefix" in caps["filter_fields"]["uri"]
         assert caps["api_key_required"] is False
 
