@@ -94,6 +94,14 @@ class Settings:
     gateway_port: int = field(default=8080, metadata={"help": "Port `imgsearch serve` listens on."})
     gateway_api_key: str = field(default="", metadata=_secret(
         "API key the gateway requires in the X-API-Key header. Empty: no auth."))
+    # -- web page (issue 7: thumbnails, results graph, collection map) ----------------------
+    thumb_max_size: int = field(default=512, metadata={
+        "help": "Largest thumbnail edge (pixels) the gateway renders for the web page."})
+    thumb_cache_mb: int = field(default=64, metadata={
+        "help": "Memory (MiB) of the gateway's thumbnail cache; least recently used go first."})
+    map_sample: int = field(default=2000, metadata={
+        "help": "Most images the collection map projects (a uniform sample of larger collections; "
+                "at most 16384)."})
     # -- distributed ingest (Celery over Redis; used only when redis_url is set) -------------
     visibility_timeout: int = field(default=3600, metadata={
         "help": "Seconds before an unacknowledged task (its worker died) is delivered again. "
@@ -213,6 +221,7 @@ class Settings:
         if not 0 <= self.duplicate_threshold <= 32:
             raise ConfigError(f"{PREFIX}DUPLICATE_THRESHOLD must be from 0 to 32 (bits of 64), "
                               f"got {self.duplicate_threshold}")
+        _validate_web(self)
 
     @property
     def cache_dir(self) -> Path:
@@ -313,6 +322,14 @@ def parse_weights(text: str) -> dict[str, float]:
             raise ConfigError(f"{PREFIX}FUSION_WEIGHTS takes channel=weight pairs (weight >= 0), got {part!r}")
         out[name.strip()] = weight
     return out
+def _validate_web(settings: "Settings") -> None:
+    """Checks for the web page block (issue 7)."""
+    if not 16 <= settings.thumb_max_size <= 4096:
+        raise ConfigError(f"{PREFIX}THUMB_MAX_SIZE must be from 16 to 4096, got {settings.thumb_max_size}")
+    if settings.thumb_cache_mb < 0:
+        raise ConfigError(f"{PREFIX}THUMB_CACHE_MB must be >= 0, got {settings.thumb_cache_mb}")
+    if not 10 <= settings.map_sample <= 16384:
+        raise ConfigError(f"{PREFIX}MAP_SAMPLE must be from 10 to 16384, got {settings.map_sample}")
 
 
 def _parse(name: str, type_name: str, raw: str) -> Any:

@@ -301,6 +301,32 @@ class ImageStore:
                                  output_fields=fields, limit=1)
         return dict(rows[0]) if rows else None
 
+    def rows(self, ids: Sequence[int], with_vector: bool = False) -> list[dict]:
+        """Rows (scalar fields, optionally the CLIP vector) of the given ids that exist, any order."""
+        fields = SCALAR_FIELDS + (["clip"] if with_vector else [])
+        found: list[dict] = []
+        ids = [int(i) for i in ids]
+        for start in range(0, len(ids), QUERY_IDS):
+            chunk = ids[start:start + QUERY_IDS]
+            found.extend(dict(r) for r in self.client.query(self.alias, filter=f"id in {chunk}",
+                                                            output_fields=fields))
+        return found
+
+    def sample(self, n: int, with_vector: bool = False) -> tuple[int, list[dict]]:
+        """(collection count, at most ``n`` rows spread over the collection).
+
+        Ids are hashes of URIs, uniform over [1, 2^63), so ``id < bound`` with
+        bound = 2^63 * 1.2n / count is an unbiased sample that Milvus evaluates itself (no
+        listing of millions of ids to pick from; Milvus Lite has no ``%`` in expressions), and
+        it stays mostly the same sample as the collection grows."""
+        count = self.count()
+        fields = SCALAR_FIELDS + (["clip"] if with_vector else [])
+        n = max(1, n)
+        bound = min((1 << 63) - 1, int(2.0 ** 63 * 1.2 * n / max(count, 1)))
+        expr = f"id < {bound}" if count > n else ""
+        rows = self.client.query(self.alias, filter=expr, output_fields=fields, limit=n)
+        return count, [dict(r) for r in rows]
+
     def search(self, vectors: Sequence[Sequence[float]], k: int, field: str = "clip",
                exclude_ids: Sequence[int] = (), filter_expr: str = "") -> list[list[Hit]]:
         """Top-k by inner product for each query vector, best first.

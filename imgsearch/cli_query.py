@@ -22,7 +22,8 @@ def add_parsers(sub) -> None:
     w.add_argument("--max-wait-ms", type=int, help="override IMGSEARCH_QUERY_MAX_WAIT_MS")
 
     g = sub.add_parser("serve", help="HTTP gateway (FastAPI) in front of the query workers",
-                       description="Serves /v1/search (JSON or multipart image upload), /healthz, /readyz, "
+                       description="Serves the web page at / (search, more like this, results graph, "
+                       "collection map, ingest jobs), /v1/search (JSON or multipart image upload), /healthz, /readyz, "
                        "/metrics and the OpenAPI schema at /docs. Needs IMGSEARCH_REDIS_URL and running "
                        "query workers. IMGSEARCH_GATEWAY_API_KEY, when set, is required in X-API-Key.")
     g.add_argument("--host", help="override IMGSEARCH_GATEWAY_HOST")

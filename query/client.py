@@ -210,19 +210,40 @@ class AsyncSearchClient(_Base):
         """Same as :meth:`SearchClient.search`, without blocking the event loop."""
         req, timeout_s = self._request(timeout, text=text, image=image, like=like, k=k, filters=filters,
                                        channels=channels, must=must)
+        return _decode(await self._exchange(req.id, self._entry(req), timeout_s))
+
+    async def op(self, op: str, timeout: float | None = None, **args) -> dict:
+        """A read-only collection op (``stats``, ``rows``, ``sample``; see :mod:`query.ops`) -> its result."""
+        from query.ops import OpRequest, parse_op_reply
+
+        timeout_s = timeout if timeout is not None else self.settings.query_timeout_ms / 1000
+        req = OpRequest(uuid.uuid4().hex, now_ms() + int(timeout_s * 1000), op, **args)
         try:
-            await self.redis.xadd(self.stream, self._entry(req))
-            popped = await self.redis.blpop([reply_key(self.stream, req.id)], timeout=timeout_s)
+            ok, result = parse_op_reply(await self._exchange(req.id, {"id": req.id, "op": req.to_json()},
+                                                             timeout_s))
+        except ProtocolError as exc:
+            raise ServerError(str(exc)) from None
+        if ok:
+            return result
+        if result["code"] in (BAD_REQUEST, NOT_FOUND):
+            raise BadRequest(result["message"], result["code"])
+        raise ServerError(f"{result['code']}: {result['message']}")
+
+    async def _exchange(self, request_id: str, entry: dict, timeout_s: float) -> bytes:
+        """Add ``entry`` to the stream and wait for its one reply (SearchTimeout at the deadline)."""
+        try:
+            await self.redis.xadd(self.stream, entry)
+            popped = await self.redis.blpop([reply_key(self.stream, request_id)], timeout=timeout_s)
             if popped is None:
-                if await self.redis.set(done_key(self.stream, req.id), "timeout", nx=True,
+                if await self.redis.set(done_key(self.stream, request_id), "timeout", nx=True,
                                         ex=self.settings.query_reply_ttl_s):
                     raise SearchTimeout(f"no answer within {timeout_s:g}s (are query workers running?)")
-                popped = await self.redis.blpop([reply_key(self.stream, req.id)], timeout=1)
+                popped = await self.redis.blpop([reply_key(self.stream, request_id)], timeout=1)
                 if popped is None:
                     raise SearchTimeout(f"no answer within {timeout_s:g}s")
         except redis.RedisError as exc:
             raise ServerError(f"redis: {exc}") from exc
-        return _decode(popped[1])
+        return popped[1]
 
     async def ready_workers(self) -> list[str]:
         names = await self.redis.zrangebyscore(heartbeat_key(self.stream), now_ms() - HEARTBEAT_FRESH_MS, "+inf")

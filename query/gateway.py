@@ -34,6 +34,7 @@ from query.protocol import MAX_K
 
 STATUS = {"bad_request": 400, "unauthorized": 401, "not_found": 404, "too_large": 413, "server_error": 502,
           "timeout": 504, "not_ready": 503}
+STATUS["unprocessable"] = 422  # web page: an indexed image whose source no longer decodes
 
 
 class FilterModel(BaseModel):
@@ -76,7 +77,8 @@ class SearchResponse(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    code: Literal["bad_request", "unauthorized", "not_found", "too_large", "server_error", "timeout", "not_ready"]
+    code: Literal["bad_request", "unauthorized", "not_found", "too_large", "server_error", "timeout", "not_ready",
+                  "unprocessable"]
     message: str
 
 
@@ -233,4 +235,7 @@ def create_app(settings: Settings) -> FastAPI:
             pass
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    from query import webapp
+
+    webapp.install(app, settings, lambda: state["client"], require_key, GatewayError)
     return app

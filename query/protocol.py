@@ -114,17 +114,18 @@ class Request:
         return json.dumps(doc, separators=(",", ":"))
 
 
-def parse_request(raw: bytes | str, max_image_bytes: int) -> Request:
-    """JSON text -> :class:`Request`, or :class:`ProtocolError` saying exactly what is wrong."""
+def load_envelope(raw: bytes | str, allowed_keys: set[str], what: str = "request") -> dict:
+    """JSON text -> a dict with only ``allowed_keys``, this schema version, a valid id and
+    deadline (shared by search requests and the read-only ops of :mod:`query.ops`)."""
     try:
         doc = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"request is not valid JSON: {exc}") from None
+        raise ProtocolError(f"{what} is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
-        raise ProtocolError("request must be a JSON object")
-    unknown = set(doc) - REQUEST_KEYS
+        raise ProtocolError(f"{what} must be a JSON object")
+    unknown = set(doc) - allowed_keys
     if unknown:
-        raise ProtocolError(f"unknown request fields: {', '.join(sorted(unknown))}")
+        raise ProtocolError(f"unknown {what} fields: {', '.join(sorted(unknown))}")
     if doc.get("v") != SCHEMA_VERSION:
         raise ProtocolError(f"unsupported schema version {doc.get('v')!r}; this worker speaks v{SCHEMA_VERSION}")
     request_id = doc.get("id")
@@ -133,6 +134,13 @@ def parse_request(raw: bytes | str, max_image_bytes: int) -> Request:
     deadline = doc.get("deadline")
     if isinstance(deadline, bool) or not isinstance(deadline, int) or deadline <= 0:
         raise ProtocolError("deadline must be a positive integer (unix time in milliseconds)")
+    return doc
+
+
+def parse_request(raw: bytes | str, max_image_bytes: int) -> Request:
+    """JSON text -> :class:`Request`, or :class:`ProtocolError` saying exactly what is wrong."""
+    doc = load_envelope(raw, REQUEST_KEYS)
+    request_id, deadline = doc["id"], doc["deadline"]
     k = doc.get("k", 10)
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
         raise ProtocolError(f"k must be an integer from 1 to {MAX_K}, got {k!r}")

@@ -28,6 +28,7 @@ import redis
 from common.settings import Settings
 from common.store import milvus_client, resolve_alias
 from query.batch import BatchSearcher
+from query.ops import answer_entry
 from query.protocol import (
     ID_RE,
     SERVER_ERROR,
@@ -210,13 +211,18 @@ class QueryWorker:
         """Parse, drop expired, answer, reply, then acknowledge and delete every entry."""
         assert self.searcher is not None
         started = time.perf_counter()
-        replies: list[Reply] = []
+        replies: list = []  # Reply or query.ops.OpReply
         requests = []
         now = now_ms()
         for entry_id, fields in entries:
             request_id = _text(fields.get(b"id")) if fields else ""
             if not ID_RE.match(request_id):
                 log.warning("request without a usable id dropped", extra={"entry": _text(entry_id)})
+                continue
+            if fields.get(b"op") is not None:  # a read-only op (query.ops), not a search
+                op_reply = answer_entry(self.searcher.service.store, fields[b"op"], request_id, now)
+                if op_reply is not None:
+                    replies.append(op_reply)
                 continue
             try:
                 req = parse_request(fields.get(b"req", b""), self.settings.query_max_image_bytes)

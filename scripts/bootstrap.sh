@@ -6,6 +6,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=${VENV:-.venv}
+# Debian's chromium for the web page's end-to-end tests (Playwright drives it; it never
+# downloads a browser). Only when missing; never fatal: without it those tests skip with a reason.
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    echo "installing chromium (web page end-to-end tests)..." >&2
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo -n"
+    { $SUDO apt-get install -y -q chromium >/dev/null 2>&1 \
+        || { $SUDO apt-get update -q >/dev/null 2>&1 && $SUDO apt-get install -y -q chromium >/dev/null 2>&1; }; } \
+        || echo "bootstrap: could not install chromium; the web end-to-end tests will skip" >&2
+fi
 stamp="$VENV/.imgsearch-installed"
 want=$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-16)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
