@@ -48,7 +48,20 @@ def _included(name: str, include: tuple[str, ...]) -> bool:
     return not include or any(fnmatch.fnmatch(name.lower(), pat.lower()) for pat in include)
 
 
+def listed_uri_prefix(root: str) -> str:
+    """What every URI a source with this root lists starts with, and nothing else does.
+
+    S3 lists by key prefix (``s3://b/shop`` also lists ``shop2/x``) and URIs quote the key;
+    a folder lists only below itself, so its prefix ends with ``/`` (``/data/shop`` must
+    not claim ``/data/shop2/``)."""
+    if root.startswith("s3://"):
+        bucket, _, key = root[len("s3://"):].partition("/")
+        return f"s3://{bucket}/{quote(key, safe='/')}"
+    return root.rstrip("/") + "/"
+
+
 def uri_included(uri: str, include: tuple[str, ...]) -> bool:
+
     """Whether a listed object's URI passes the ``--include`` patterns its source applied."""
     return _included(unquote(uri.rsplit("/", 1)[-1]), include)
 

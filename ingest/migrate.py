@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from common.errors import CollectionNotFoundError, ImgsearchError
@@ -37,6 +37,7 @@ from ingest.runlock import RunLock, lock_of, migrate_lock_key
 log = logging.getLogger(__name__)
 
 ROW_FIELDS = ["id", "uri", "etag", "bytes", "source"]
+EMBEDDED_CHUNK = 4096  # objects per in-process indexing call (memory stays bounded)
 
 
 @dataclass
@@ -103,37 +104,30 @@ def prepare(settings: Settings, model_name: str, pretrained: str, drop_old: bool
     return Migration(store.alias, old, new, model_name, pretrained, model.spec.label(), drop_old)
 
 
-def manifests(settings: Settings, migration_old: str, target: ImageStore, task_size: int,
-              tag: str) -> tuple[int, int, list[tuple[str, list[dict]]]]:
-    """(rows, already done, [(source root, manifest)]) from the live collection's rows.
+def manifests(settings: Settings, migration_old: str, target: ImageStore, task_size: int, tag: str,
+              counts: dict[str, int]) -> Iterator[tuple[str, list[dict]]]:
+    """(source root, manifest) batches of the live collection's rows, streamed page by page
+    (a collection may hold millions). ``counts`` gets ``rows`` and ``done``: rows already in
+    the target with the same etag and model (a restarted plan) are skipped and counted."""
+    from ingest.stages import LIST_CHUNK, chunks
 
-    Rows already in the target with the same etag and model (a restarted plan) are skipped."""
     old = ImageStore(settings, alias=migration_old)
-    by_source: dict[str, list[dict]] = defaultdict(list)
-    rows = done = 0
-    page: list[dict] = []
-
-    def drain() -> int:
+    pending: dict[str, list[dict]] = defaultdict(list)
+    counts.update(rows=0, done=0)
+    for page in chunks(old.iter_rows(ROW_FIELDS), LIST_CHUNK):
         existing = target.existing(int(r["id"]) for r in page)
-        skipped = 0
+        counts["rows"] += len(page)
         for r in page:
             got = existing.get(int(r["id"]))
             if got is not None and got.get("etag") == r["etag"] and got.get("model") == tag:
-                skipped += 1
-            else:
-                by_source[r["source"]].append({"uri": r["uri"], "etag": r["etag"], "size": int(r["bytes"])})
-        page.clear()
-        return skipped
-
-    for row in old.iter_rows(ROW_FIELDS):
-        rows += 1
-        page.append(row)
-        if len(page) >= 1000:
-            done += drain()
-    done += drain()
-    out = [(root, items[i:i + task_size]) for root, items in sorted(by_source.items())
-           for i in range(0, len(items), task_size)]
-    return rows, done, out
+                counts["done"] += 1
+                continue
+            items = pending[r["source"]]
+            items.append({"uri": r["uri"], "etag": r["etag"], "size": int(r["bytes"])})
+            if len(items) >= task_size:
+                yield r["source"], pending.pop(r["source"])
+    for root, items in sorted(pending.items()):
+        yield root, items
 
 
 # -- embedded ------------------------------------------------------------------------------------
@@ -147,14 +141,15 @@ def run_migration(settings: Settings, model_name: str, pretrained: str, drop_old
     target_settings = settings.with_overrides(collection=m.new, clip_model=model_name, clip_pretrained=pretrained)
     target = ImageStore(target_settings)
     spec = target.model_spec()
-    rows, _, batches = manifests(settings, m.old, target, 1 << 62, f"{spec.name}@{spec.digest}")
-    report = MigrationReport(m.alias, m.old, m.new, m.label, rows=rows)
-    for root, manifest in batches:
+    counts: dict[str, int] = {}
+    report = MigrationReport(m.alias, m.old, m.new, m.label)
+    for root, manifest in manifests(settings, m.old, target, EMBEDDED_CHUNK, f"{spec.name}@{spec.digest}", counts):
         summary = run_ingest(root, target_settings, progress=progress,
                              objects=[SourceObject(x["uri"], x["etag"], x["size"]) for x in manifest])
         report.indexed += summary.indexed
         report.failed += summary.failed
         report.failures += [f.to_dict() for f in summary.failures]
+    report.rows = counts["rows"]
     target.flush()
     if report.failed:
         report.note = (f"not swapped: {report.failed} image(s) could not be re-encoded; {m.new} is kept. "
@@ -200,16 +195,22 @@ def plan_migration(job_id: str, settings: Settings, jobs: JobStore, enqueue: Cal
     target = ImageStore(settings.with_overrides(collection=job.collection))
     spec = target.model_spec()
     task_size = settings.batch_size * settings.batches_per_task
-    rows, done, batches = manifests(settings, job.options["from"], target, task_size, f"{spec.name}@{spec.digest}")
-    for n, (root, manifest) in enumerate(batches):
-        spec_n = batch_spec(job_id, epoch, n, root, job.collection, manifest)
+    lock = lock_of(job, jobs, settings.schedule_lock_ttl)
+    counts: dict[str, int] = {}
+    batches = 0
+    for root, manifest in manifests(settings, job.options["from"], target, task_size,
+                                    f"{spec.name}@{spec.digest}", counts):
+        if jobs.status(job_id) == "cancelled":
+            return {"job": job_id, "cancelled": True}
+        spec_n = batch_spec(job_id, epoch, batches, root, job.collection, manifest)
         spec_n["model"] = job.options["model"]
         enqueue(spec_n)
-    jobs.planned(job_id, epoch, rows, done, len(batches))
-    lock = lock_of(job, jobs, settings.schedule_lock_ttl)
-    if lock is not None:
-        lock.renew(job_id)
-    return {"job": job_id, "epoch": epoch, "listed": rows, "unchanged": done, "batches": len(batches)}
+        batches += 1
+        jobs.plan_progress(job_id, epoch, counts["rows"], counts["done"], batches)
+        if lock is not None:
+            lock.renew(job_id)
+    jobs.planned(job_id, epoch, counts["rows"], counts["done"], batches)
+    return {"job": job_id, "epoch": epoch, "listed": counts["rows"], "unchanged": counts["done"], "batches": batches}
 
 
 def finish_migration(job, settings: Settings, jobs: JobStore) -> None:

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Collection, Iterable
 
 from common.settings import Settings
-from common.sources import uri_included
+from common.sources import listed_uri_prefix, uri_included
 from common.store import ImageStore, prefix_filter
 from common.texts import delete_texts
 
@@ -43,7 +43,8 @@ def indexed_ids_under(store: ImageStore, root: str, include: tuple[str, ...] = (
     """Ids of indexed rows whose URI lies under ``root`` (and matches ``include``)."""
     if not store.exists():
         return
-    for row in store.iter_rows(["id", "uri"], prefix_filter("uri", root)):
+    for row in store.iter_rows(["id", "uri"], prefix_filter("uri", listed_uri_prefix(root))):
+
         if uri_included(row["uri"], include):
             yield int(row["id"])
 

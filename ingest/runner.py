@@ -96,7 +96,6 @@ def run_ingest(location: str, settings: Settings, include: tuple[str, ...] = (),
     summary = IngestSummary(source.root, settings.collection)
     if objects is None:
         objects = _list_with_progress(source, progress)
-
     summary.listed = len(objects)
     with ThreadPoolExecutor(settings.fetch_workers, thread_name_prefix="fetch") as pool, \
             ThreadPoolExecutor(1, thread_name_prefix="prepare") as ahead:

@@ -228,7 +228,6 @@ def finish(self, result: dict) -> dict:
             TextStore(settings, job.collection).flush()
         on_job_end(job.id, settings, jobs())  # renews a running job's lock; swaps/releases at the end
         return done
-
     except _transient_types() as exc:
         raise self.retry(exc=exc, countdown=_countdown(min(self.request.retries, 5))) from exc
 

@@ -79,6 +79,7 @@ class QueryWorker:
         self._service_factory = service_factory
         self.searcher: BatchSearcher | None = None
         self.serving: str | None = None  # the physical collection the searcher is bound to
+        self._follow = True  # False when IMGSEARCH_COLLECTION names no alias (nothing to follow)
         self.stopping = False
         self._last_batch = 0
         self._last_heartbeat = 0
@@ -103,13 +104,20 @@ class QueryWorker:
         model, so when a migration moves the alias (``alter_alias``) each answer comes wholly
         from the old or wholly from the new collection. The new searcher is loaded and warmed
         before it replaces the old one; if that fails, the old one keeps serving."""
+        if not self._follow:
+            return self.searcher
         try:
-            name = resolve_alias(milvus_client(self.settings), self.settings.collection)
+            client = milvus_client(self.settings)
+            if self.searcher is None and self.settings.collection not in (client.list_aliases().get("aliases") or []):
+                self._follow = False  # a physical collection (or none yet): served by name
+                return None
+            name = resolve_alias(client, self.settings.collection)
         except Exception as exc:  # Milvus hiccup: keep serving what we have
             log.warning("could not resolve the alias", extra={"alias": self.settings.collection, "error": str(exc)})
             return self.searcher
         if name is None or name == self.serving:
             return self.searcher
+
         try:
             searcher = BatchSearcher(self._service_factory(self.settings.with_overrides(collection=name)),
                                      self.settings)

@@ -45,3 +45,13 @@ def test_bad_locations_get_clear_errors(tmp_path, make_settings):
         open_source(str(tmp_path / "f"), make_settings())
     with pytest.raises(SourceError, match="unsupported source"):
         open_source("ftp://host/x", make_settings())
+
+
+def test_listed_uri_prefix_matches_what_a_source_lists():
+    from common.sources import listed_uri_prefix
+
+    assert listed_uri_prefix("file:///data/shop") == "file:///data/shop/"
+    assert listed_uri_prefix("file:///data/shop/") == "file:///data/shop/"
+    assert listed_uri_prefix("s3://b/my photos/") == "s3://b/my%20photos/"  # listed URIs quote the key
+    assert listed_uri_prefix("s3://b/shop") == "s3://b/shop"  # S3 lists shop2/ under prefix 'shop' too
+    assert listed_uri_prefix("s3://b/") == "s3://b/"

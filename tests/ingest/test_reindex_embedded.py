@@ -38,7 +38,7 @@ def folder_uris(folder: Path) -> set[str]:
 
 def test_reindex_follows_adds_changes_and_deletes_and_keeps_other_sources(make_settings, tmp_path):
     settings = make_settings(batch_size=4)
-    shop, other = tmp_path / "shop", tmp_path / "archive"
+    shop, other = tmp_path / "shop", tmp_path / "shop-archive"  # a sibling whose name extends shop
     shop.mkdir()
     other.mkdir()
     for i in range(6):
@@ -64,7 +64,7 @@ def test_reindex_follows_adds_changes_and_deletes_and_keeps_other_sources(make_s
     assert report.encoded == 3  # two new images + the changed one; never the unchanged ones
 
     rows = indexed(store)
-    shop_rows = {u for u in rows if u.startswith(shop.resolve().as_uri())}
+    shop_rows = {u for u in rows if u.startswith(shop.resolve().as_uri() + "/")}
     assert shop_rows == folder_uris(shop)  # exactly the folder's images: removed ones gone, new ones in
     assert (other / "keep.png").resolve().as_uri() in rows  # another source is never touched
     assert store.get(image_id(changed.resolve().as_uri()))["etag"] == rows[changed.resolve().as_uri()]

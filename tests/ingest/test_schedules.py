@@ -22,7 +22,8 @@ from tests.ingest.conftest import ROOT, png_bytes
 
 
 def test_schedules_setting_builds_the_beat_schedule():
-    settings = Settings.from_env({"IMGSEARCH_SCHEDULES": '{"s3://b/shop/": "0 2 * * *", "/data/photos": "*/15 * * * 1-5"}'})
+    raw = '{"s3://b/shop/": "0 2 * * *", "/data/photos": "*/15 * * * 1-5"}'
+    settings = Settings.from_env({"IMGSEARCH_SCHEDULES": raw})
     sched = beat_schedule(settings)
     assert set(sched) == {"reindex s3://b/shop/", "reindex /data/photos"}
     entry = sched["reindex s3://b/shop/"]
