@@ -68,6 +68,9 @@ def celery_config(settings: Settings) -> dict:
         "worker_max_tasks_per_child": settings.worker_max_tasks_per_child or None,
         "worker_max_memory_per_child": settings.worker_max_memory_mb * 1024 or None,  # KiB
         "worker_hijack_root_logger": False,
+        # a pool process loads its models (CLIP, OCR, text encoder) before it reports UP;
+        # Celery's 4 s default kills it first on a busy CPU and forks again, forever
+        "worker_proc_alive_timeout": 120,
         "worker_send_task_events": True,  # Flower shows tasks
         "task_send_sent_event": True,
         "beat_schedule": beat_schedule(settings),  # IMGSEARCH_SCHEDULES (ingest/schedules.py)

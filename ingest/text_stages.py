@@ -180,13 +180,24 @@ def run_text_stages(uris: Sequence[str], decoded: Sequence[DecodedImage], vector
     items = [(u, d.image) for u, d in zip(uris, decoded)]
     failed: list[Failure] = []
     if ctx.settings.ocr_enabled:
-        failed += ocr_images(items, collection, ctx).failed
+        failed += _whole_batch("ocr", items, lambda: ocr_images(items, collection, ctx).failed)
     if ctx.settings.caption_backend != "off":
         bad = {f.uri for f in failed}
         keep = [i for i, (u, _) in enumerate(items) if u not in bad]
         vecs = np.asarray(vectors)[keep] if vectors is not None and len(keep) else None
-        failed += caption_images([items[i] for i in keep], collection, ctx, vecs).failed
+        kept = [items[i] for i in keep]
+        failed += _whole_batch("caption", kept, lambda: caption_images(kept, collection, ctx, vecs).failed)
     return failed
+
+
+def _whole_batch(stage: str, items, run) -> list[Failure]:
+    """Embedded mode has no task retry: a stage fault (endpoint down) dead-letters the batch's
+    images with the reason instead of aborting the whole ingest (their CLIP rows stay)."""
+    try:
+        return run()
+    except Exception as exc:
+        log.warning("text stage failed for a batch", extra={"stage": stage, "error": str(exc)})
+        return [Failure(uri, f"{stage}_error", f"{type(exc).__name__}: {exc}") for uri, _ in items]
 
 
 # -- distributed chain: batch specs --------------------------------------------------------------
