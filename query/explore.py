@@ -124,10 +124,17 @@ def project(vectors: np.ndarray, seed: int = 0) -> np.ndarray:
 
 
 def collection_map(rows: list[dict], vectors: np.ndarray, count: int, groups: int | None = None) -> dict:
-    """Points (id, uri, x, y, cluster, folder, mime, width, height) of a sample of the collection."""
+    """Points (id, uri, x, y, cluster, folder, mime, width, height) of a sample of the collection.
+
+    Runs on one native thread: the gateway keeps serving meanwhile, the map is computed
+    rarely (then cached), and OpenMP threads spinning on a busy host made it 3-5x slower
+    (bench/web.py: 45 s vs 9 s for 500 points on 2 loaded cores)."""
+    from threadpoolctl import threadpool_limits
+
     n = len(rows)
-    xy = project(vectors)
-    labels = kmeans(vectors, groups or default_groups(n)) if n else np.zeros(0, dtype=int)
+    with threadpool_limits(limits=1):
+        xy = project(vectors)
+        labels = kmeans(vectors, groups or default_groups(n)) if n else np.zeros(0, dtype=int)
     points = [{"id": str(r["id"]), "uri": r["uri"], "x": round(float(p[0]), 4), "y": round(float(p[1]), 4),
                "cluster": int(c), "folder": folder_of(r["uri"]), "mime": r.get("mime", ""),
                "width": r.get("width"), "height": r.get("height")} for r, p, c in zip(rows, xy, labels)]

@@ -8,7 +8,7 @@ const PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf
   "#7f7f7f", "#bcbd22", "#393b79", "#637939"];
 const state = {
   caps: null, apiKey: sessionStorage.getItem("imgsearch-key") || "", hits: [], query: null, queryLabel: "",
-  map: null, graph: null, graphFor: null, jobsTimer: null, detail: null, objectUrls: new Set(), keyPrompt: null,
+  map: null, graph: null, graphFor: null, jobsTimer: null, detail: null, keyPrompt: null,
 };
 const $ = (sel, root = document) => root.querySelector(sel);
 
@@ -84,9 +84,8 @@ function setThumb(img, id, size = 256) {
   if (!state.apiKey) { img.src = url; return; }
   fetch(url, { headers: { "X-API-Key": state.apiKey } }).then((r) => (r.ok ? r.blob() : null)).then((blob) => {
     if (!blob || img.dataset.thumb !== String(id)) return;
-    const objectUrl = URL.createObjectURL(blob);
-    state.objectUrls.add(objectUrl);
-    img.src = objectUrl;
+    if (img.src.startsWith("blob:")) URL.revokeObjectURL(img.src);  // the picture it showed before
+    img.src = URL.createObjectURL(blob);
   });
 }
 

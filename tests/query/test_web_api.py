@@ -291,3 +291,16 @@ def test_op_parsing_is_strict(doc, fragment):
     full = {"v": 1, "id": "a1", "deadline": now_ms() + 1000, **doc}
     with pytest.raises(ProtocolError, match=fragment):
         parse_op(json.dumps(full))
+
+
+@pytest.mark.parametrize("env, fragment", [
+    ({"IMGSEARCH_THUMB_MAX_SIZE": "8"}, "IMGSEARCH_THUMB_MAX_SIZE must be from 16"),
+    ({"IMGSEARCH_THUMB_CACHE_MB": "-1"}, "IMGSEARCH_THUMB_CACHE_MB must be >= 0"),
+    ({"IMGSEARCH_MAP_SAMPLE": "20000"}, "IMGSEARCH_MAP_SAMPLE must be from 10 to 16384"),
+])
+def test_web_settings_are_validated(env, fragment):
+    from common.errors import ConfigError
+    from common.settings import Settings
+
+    with pytest.raises(ConfigError, match=fragment):
+        Settings.from_env(env)
