@@ -6,7 +6,7 @@ The gateway holds no Milvus connection, so these go through the same Redis strea
 searches: a stream entry ``id <id> op <json>`` (instead of ``req``), answered by any query
 worker onto the same reply list. Ops are cheap lookups, never model work:
 
-- ``{"v":1,"id":...,"deadline":...,"op":"stats"}`` -> ``{"collection","count","model","dim"}``
+- ``{"v":1,"id":...,"deadline":...,"op":"stats"}`` -> ``{"collection","physical","count","model","dim"}``
 - ``{"op":"rows","ids":[...],"vectors":bool}`` -> ``{"rows":[...],"missing":[...]}``
 - ``{"op":"sample","n":N,"vectors":bool}`` -> ``{"count","rows":[...]}``
 
@@ -95,7 +95,9 @@ def answer_op(store, req: OpRequest) -> dict:
     """The result of one op against an :class:`common.store.ImageStore` (raises on Milvus faults)."""
     if req.op == "stats":
         spec = store.model_spec()
-        return {"collection": store.alias, "count": store.count(), "model": spec.label(), "dim": spec.dim}
+        # the name callers use (an alias), and the versioned collection now behind it
+        return {"collection": store.settings.collection, "physical": store.physical_name() or store.alias,
+                "count": store.count(), "model": spec.label(), "dim": spec.dim}
     if req.op == "rows":
         rows = [_row(r) for r in store.rows(req.ids, with_vector=req.vectors)]
         found = {r["id"] for r in rows}

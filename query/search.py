@@ -86,7 +86,10 @@ class Query:
 
 
 class SearchService:
-    """text->image, image->image and more-like-this search over one collection."""
+    """text->image, image->image and more-like-this search over one collection.
+
+    ``collection`` is the images alias or versioned collection to search (default: the
+    configured alias); the texts searched with it are those of ``settings.collection``."""
 
     def __init__(self, settings: Settings, collection: str | None = None):
         self.settings = settings
@@ -98,7 +101,9 @@ class SearchService:
                 f"collection {self.store.alias!r} was built with {recorded.label()}, but those "
                 f"weights now load as {self.model.spec.label()}: the checkpoint changed since "
                 "indexing; re-index or restore the original weights")
-        self._texts = TextStore(settings, self.store.alias)
+        # texts pair with the alias callers name (``settings.collection``), also when this
+        # service is bound to the versioned collection behind it (the query worker does that)
+        self._texts = TextStore(settings, settings.collection)
         self._text_encoder = None
         self._lock = threading.Lock()
 

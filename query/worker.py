@@ -71,7 +71,7 @@ class QueryWorker:
     """One worker process: warm the model, then serve until told to stop."""
 
     def __init__(self, settings: Settings, name: str | None = None,
-                 service_factory: Callable[[Settings], SearchService] = SearchService):
+                 service_factory: Callable[[Settings, str | None], SearchService] = SearchService):
         self.settings = settings
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=BLOCK_MS / 1000 + 10)
@@ -92,7 +92,7 @@ class QueryWorker:
         ensure_group(self.redis, self.settings)
         self._follow_alias()
         if self.searcher is None:  # the alias could not be resolved: serve it by name
-            self.searcher = BatchSearcher(self._service_factory(self.settings), self.settings)
+            self.searcher = BatchSearcher(self._service_factory(self.settings, None), self.settings)
             self.searcher.warm()
         self._heartbeat(force=True)
         log.info("query worker ready", extra={"worker": self.name, "stream": self.settings.query_stream})
@@ -119,8 +119,7 @@ class QueryWorker:
             return self.searcher
 
         try:
-            searcher = BatchSearcher(self._service_factory(self.settings.with_overrides(collection=name)),
-                                     self.settings)
+            searcher = BatchSearcher(self._service_factory(self.settings, name), self.settings)
             searcher.warm()
         except Exception:
             if self.searcher is None:

@@ -244,6 +244,7 @@ def test_job_view_shows_progress_rate_and_dead_letters(web_settings, redis_serve
 def test_stats_and_malformed_op_requests_get_error_replies_from_the_worker(web_settings, http, worker):
     stats = http.get("/v1/stats").json()
     assert stats["count"] == ImageStore(web_settings).count() and stats["collection"] == web_settings.collection
+    assert stats["physical"] == ImageStore(web_settings).physical_name()
     r = redis.Redis.from_url(web_settings.redis_url)
     for raw, fragment in (("{not json", "not valid JSON"),
                           (json.dumps({"v": 1, "id": "op1", "deadline": now_ms() + 9000, "op": "drop"}), "unknown op"),

@@ -137,20 +137,20 @@ def wait_thumbnails(page) -> None:
 
 
 def test_text_search_then_more_like_this_by_click(page, service, artifacts):
-    expected = service.search_text(QUERY, 50)
+    expected = service.search(text=QUERY, k=50)  # the same fused search the page asks for
     page.focus("body")
     page.keyboard.press("/")  # keyboard: "/" focuses the search box
     assert page.evaluate("document.activeElement.id") == "q"
     page.keyboard.type(QUERY)
     page.keyboard.press("Enter")
     wait_results_for(page, QUERY)
-    assert page.locator("#results li").count() == len(expected)
+    assert page.locator("#results > li").count() == len(expected)
     assert first_hit_id(page) == str(expected[0].id)
     assert float(page.inner_text("#results li:first-child .score")) == pytest.approx(expected[0].score, abs=2e-3)
     wait_thumbnails(page)
     page.screenshot(path=str(artifacts / "search.png"), full_page=True)
 
-    like = service.search_like(expected[0].id, 50)
+    like = service.search(like=expected[0].id, k=50)
     page.click("#results li:first-child .hit")
     wait_results_for(page, "images like")
     assert first_hit_id(page) == str(like[0].id)
@@ -162,7 +162,7 @@ def test_text_search_then_more_like_this_by_click(page, service, artifacts):
 
 def test_upload_search(page, service, samples_dir, artifacts):
     query = sorted((samples_dir / "ankle-boot").glob("*.png"))[0]
-    expected = service.search_image(query.read_bytes(), 50)
+    expected = service.search(image=query.read_bytes(), k=50)
     page.set_input_files("#upload", str(query))
     wait_results_for(page, query.name)
     assert first_hit_id(page) == str(expected[0].id)
@@ -179,7 +179,7 @@ def test_results_graph_renders_and_a_node_opens(page, service, artifacts):
     assert page.locator("#graph-svg circle.node").count() == 50
     assert page.locator("#graph-svg line.edge").count() >= 50
     assert page.locator("#graph-legend span").count() >= 2
-    top = str(service.search_text(QUERY, 1)[0].id)
+    top = str(service.search(text=QUERY, k=50)[0].id)
     node = page.locator(f"#graph-svg circle.node[data-id='{top}']")
     node.focus()
     page.keyboard.press("Enter")  # keyboard opens a node as well as a click does
@@ -188,7 +188,7 @@ def test_results_graph_renders_and_a_node_opens(page, service, artifacts):
     page.screenshot(path=str(artifacts / "graph.png"), full_page=True)
     page.click("#detail-like")
     wait_results_for(page, "images like")
-    assert first_hit_id(page) == str(service.search_like(int(top), 1)[0].id)
+    assert first_hit_id(page) == str(service.search(like=int(top), k=50)[0].id)
 
 
 def test_collection_map_renders_points_with_hover_previews(page, stack, artifacts):
@@ -231,7 +231,7 @@ def test_a_gateway_with_an_api_key_asks_for_it_once_and_then_works(browser, stac
         page.fill("#q", QUERY)
         page.press("#q", "Enter")
         wait_results_for(page, QUERY)
-        assert first_hit_id(page) == str(service.search_text(QUERY, 1)[0].id)
+        assert first_hit_id(page) == str(service.search(text=QUERY, k=50)[0].id)
         wait_thumbnails(page)  # fetched with the key header, shown from blob: URLs
         assert page.get_attribute("#results li:first-child img", "src").startswith("blob:")
         page.screenshot(path=str(artifacts / "search-with-key.png"), full_page=False)
