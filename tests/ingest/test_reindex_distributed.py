@@ -14,7 +14,6 @@ import json
 import pytest
 
 from common.ids import image_id
-from common.store import milvus_client
 from ingest.removal import texts_alias
 from ingest.runlock import history
 from tests.ingest.conftest import png_bytes
@@ -34,7 +33,7 @@ def index_etags(dist) -> dict[str, str]:
 
 def make_texts(dist, image_ids: list[int]) -> str:
     """A stand-in ``texts`` collection (two rows per image, keyed by image_id) for the hook."""
-    client = milvus_client(dist.settings)
+    client = dist.store().client  # a fresh connection (see Cluster.store)
     name = texts_alias(dist.collection)
     client.create_collection(name, dimension=2)
     client.insert(name, [{"id": n, "vector": [1.0, 0.0], "image_id": i}
@@ -44,7 +43,7 @@ def make_texts(dist, image_ids: list[int]) -> str:
 
 
 def text_image_ids(dist, name: str) -> list[int]:
-    client = milvus_client(dist.settings)
+    client = dist.store().client
     return sorted(int(r["image_id"]) for r in client.query(name, filter="id >= 0", output_fields=["image_id"]))
 
 
