@@ -34,6 +34,7 @@ def index_etags(dist) -> dict[str, str]:
 def make_texts(dist, image_ids: list[int]) -> TextStore:
     """Two OCR rows per given image in the real texts collection paired with the images
     alias (created with the text model it already records, if the pipeline made it)."""
+    dist.store()  # a fresh Milvus connection (see Cluster.store)
     texts = TextStore(dist.settings, dist.collection)
     label, dim = texts.text_model() or ("test-text-vectors", 8)
     texts.ensure(label, dim)
@@ -44,7 +45,9 @@ def make_texts(dist, image_ids: list[int]) -> TextStore:
     return texts
 
 
-def text_image_ids(texts: TextStore) -> set[int]:
+def text_image_ids(dist) -> set[int]:
+    dist.store()  # a fresh Milvus connection (see Cluster.store)
+    texts = TextStore(dist.settings, dist.collection)
     rows = texts.client.query(texts.alias, filter="id >= 0", output_fields=["image_id"])
     return {int(r["image_id"]) for r in rows}
 
@@ -57,7 +60,7 @@ def test_reindex_makes_the_index_match_the_bucket(dist):
     for prefix in ("shop/", "archive/"):
         run = dist.cli("ingest", f"s3://{dist.bucket}/{prefix}", "--wait", "--json")
         assert run.returncode == 0, run.stderr + dist.logs()
-    texts = make_texts(dist, [image_id(u) for u in (shop[0], shop[3], archive)])
+    make_texts(dist, [image_id(u) for u in (shop[0], shop[3], archive)])
 
     added = [dist.put(f"shop/new{i}.png", png_bytes(100 + i)) for i in range(3)]
     dist.put("shop/img01.png", png_bytes(201))  # same key, new content: new ETag
@@ -79,7 +82,7 @@ def test_reindex_makes_the_index_match_the_bucket(dist):
     assert set(added) <= set(shop_index)
     assert archive in indexed  # another prefix is never touched
     # texts of the removed img03 went with it; texts of kept images stayed
-    left = text_image_ids(texts)
+    left = text_image_ids(dist)
     assert {image_id(shop[0]), image_id(archive)} <= left
     assert not left & {image_id(f"s3://{dist.bucket}/shop/img{i:02d}.png") for i in (3, 4, 5)}
 
