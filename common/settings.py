@@ -165,8 +165,9 @@ class Settings:
     fusion_weights: str = field(default="clip=1,bm25=1,dense=1,phash=1",
                                 metadata={"help": "Per-channel RRF weights, channel=weight comma-separated."})
     fusion_rrf_k: int = field(default=60, metadata={"help": "RRF constant: score = sum w / (k + rank)."})
-    phash_min_score: int = field(default=40, metadata={
-        "help": "phash channel keeps hits with 64 - 2*hamming >= this (40: hamming <= 12)."})
+    phash_min_score: int = field(default=24, metadata={
+        "help": "phash channel keeps hits with 64 - 2*hamming >= this (24: hamming <= 20; unrelated "
+                "photos sit near 32 bits apart). A ranking cut, not the duplicate threshold."})
 
     # -- near-duplicates (issue 5) ------------------------------------------------------------
     duplicate_threshold: int = field(default=6, metadata={

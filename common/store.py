@@ -64,6 +64,12 @@ class _IteratorTimestampFilter(logging.Filter):
         return "failed to get mvccTs" not in record.getMessage()
 
 
+# pymilvus pings every 10 s even on an idle channel; a gRPC server with default policy
+# (``milvus-lite server``) answers that with GOAWAY "too_many_pings" and the next call on the
+# channel fails. Ping only while calls are in flight, and rarely: a dead server still shows
+# as a failed call, so nothing is hidden.
+GRPC_OPTIONS = {"grpc.keepalive_time_ms": 300_000, "grpc.keepalive_permit_without_calls": False}
+
 _clients: dict[str, object] = {}
 _clients_lock = threading.Lock()
 
@@ -84,8 +90,7 @@ def milvus_client(settings: Settings):
             if not any(isinstance(f, _IteratorTimestampFilter) for f in it_log.filters):
                 it_log.addFilter(_IteratorTimestampFilter())
             kwargs = {"token": settings.milvus_token} if settings.milvus_token else {}
-
-            _clients[uri] = MilvusClient(uri, **kwargs)
+            _clients[uri] = MilvusClient(uri, grpc_options=GRPC_OPTIONS, **kwargs)
         return _clients[uri]
 
 

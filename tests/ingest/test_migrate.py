@@ -80,7 +80,7 @@ def test_migration_under_query_load_swaps_with_no_mixed_or_failed_answers(dist, 
                 i += 1
                 sent = time.time()
                 try:
-                    hits = client.search(text=text, k=5).hits
+                    hits = client.search(text=text, k=5, channels=["clip"]).hits
                 except Exception as exc:  # any failure is a test failure, collected
                     errors.append(f"{type(exc).__name__}: {exc}")
                     continue
@@ -97,7 +97,7 @@ def test_migration_under_query_load_swaps_with_no_mixed_or_failed_answers(dist, 
             stop.set()
         # an image query after the swap: the image towers differ, so this shows the model used
         query_image = next(iter(sorted(samples_dir.glob("sneaker/*.png")))).read_bytes()
-        image_answer = as_pairs(client.search(image=query_image, k=5).hits)
+        image_answer = as_pairs(client.search(image=query_image, k=5, channels=["clip"]).hits)
         client.close()
     finally:
         stop.set()
