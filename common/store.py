@@ -90,8 +90,22 @@ def milvus_client(settings: Settings):
             if not any(isinstance(f, _IteratorTimestampFilter) for f in it_log.filters):
                 it_log.addFilter(_IteratorTimestampFilter())
             kwargs = {"token": settings.milvus_token} if settings.milvus_token else {}
-            _clients[uri] = MilvusClient(uri, grpc_options=GRPC_OPTIONS, **kwargs)
+            _clients[uri] = _connect(MilvusClient, uri, kwargs)
         return _clients[uri]
+
+
+def _connect(client_class, uri: str, kwargs: dict, attempts: int = 4):
+    """A new client, retried a few times: a connection the server is closing (GOAWAY, e.g.
+    "too_many_pings" from ``milvus-lite server``) fails the first call of a new channel that
+    reuses it; a fresh attempt opens a new connection. The last failure is raised as is."""
+    for attempt in range(attempts):
+        try:
+            return client_class(uri, grpc_options=GRPC_OPTIONS, **kwargs)
+        except Exception as exc:
+            if attempt == attempts - 1 or "connect" not in str(exc).lower():
+                raise
+            log.warning("milvus connection failed; retrying", extra={"uri": uri, "error": str(exc)})
+            time.sleep(0.2 * (attempt + 1))
 
 
 def close_clients() -> None:
