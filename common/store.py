@@ -67,7 +67,10 @@ class _IteratorTimestampFilter(logging.Filter):
 # pymilvus pings every 10 s even on an idle channel; a gRPC server with default policy
 # (``milvus-lite server``) answers that with GOAWAY "too_many_pings" and the next call on the
 # channel fails. Ping only while calls are in flight, and rarely: a dead server still shows
-# as a failed call, so nothing is hidden.
+# as a failed call, so nothing is hidden. Our clients are *dedicated* connections: pymilvus
+# otherwise shares one connection per address among all MilvusClients of a process, and the
+# first one created (say by a library or a readiness probe, with the default options) decides
+# the options of all the rest, ours silently ignored.
 GRPC_OPTIONS = {"grpc.keepalive_time_ms": 300_000, "grpc.keepalive_permit_without_calls": False}
 
 _clients: dict[str, object] = {}
@@ -100,7 +103,7 @@ def _connect(client_class, uri: str, kwargs: dict, attempts: int = 4):
     reuses it; a fresh attempt opens a new connection. The last failure is raised as is."""
     for attempt in range(attempts):
         try:
-            return client_class(uri, grpc_options=GRPC_OPTIONS, **kwargs)
+            return client_class(uri, grpc_options=GRPC_OPTIONS, dedicated=True, **kwargs)
         except Exception as exc:
             if attempt == attempts - 1 or "connect" not in str(exc).lower():
                 raise

@@ -552,12 +552,18 @@ class MilvusLiteServer:
         self.port = free_port()
         from pymilvus import MilvusClient
 
+        from common.store import GRPC_OPTIONS
+
         def ready() -> bool:
             with socket.create_connection((HOST, self.port), timeout=1):
                 pass
-            client = MilvusClient(uri=self.uri, timeout=5)
-            client.list_collections()
-            client.close()
+            # a dedicated connection with our options, closed whatever happens: a shared one
+            # left behind would keep pinging the server every 10 s (GOAWAY "too_many_pings")
+            client = MilvusClient(uri=self.uri, timeout=5, dedicated=True, grpc_options=GRPC_OPTIONS)
+            try:
+                client.list_collections()
+            finally:
+                client.close()
             return True
 
         command = [str(exe), "server", "--data-dir", str(self.workdir / "data"), "--host", HOST,

@@ -76,3 +76,28 @@ def test_a_released_collection_is_loaded_again_on_open(make_settings):
     fresh = ImageStore(settings)
     assert fresh.model_spec() == SPEC
     assert [h.id for h in fresh.search([np.eye(8)[2]], k=1)[0]] == [3]
+
+
+@pytest.mark.integration
+def test_our_client_keeps_its_own_connection_whoever_connected_first(make_settings):
+    """pymilvus shares one connection per address among all clients of a process, with the
+    options of whichever client came first. A client made elsewhere with the defaults (pings
+    every 10 s, even idle) must not become ours: ``milvus-lite server`` answers those pings
+    with GOAWAY "too_many_pings" and our next call fails (seen in CI: a whole session
+    fixture failed at its first Connect)."""
+    from pymilvus import MilvusClient
+
+    from common.store import GRPC_OPTIONS, close_clients, milvus_client
+    from tests.servers import MilvusLiteServer
+
+    with MilvusLiteServer() as server:
+        other = MilvusClient(uri=server.uri)  # shared, pymilvus' default options
+        try:
+            ours = milvus_client(make_settings(milvus_uri=server.uri))
+            assert ours._handler is not other._handler
+            assert ours._handler._grpc_options == GRPC_OPTIONS
+            other.create_collection("made_by_other", dimension=4)
+            assert "made_by_other" in ours.list_collections()
+        finally:
+            other.close()
+            close_clients()
