@@ -109,6 +109,9 @@ def main() -> int:
     parser.add_argument("--batches-per-task", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2, help="runs of each; the best counts")
     parser.add_argument("--overhead-batches", type=int, default=50)
+    parser.add_argument("--text-stages", action="store_true",
+                        help="also run OCR and captions in the chain (bench/stages.py measures them alone); "
+                             "off by default, so the pipeline is compared with the encoder it feeds")
     parser.add_argument("--note", default="", help="appended to the machine column (e.g. 'shared')")
     parser.add_argument("--record", action="store_true", help="append the result to bench/RESULTS.md")
     args = parser.parse_args()
@@ -127,6 +130,8 @@ def main() -> int:
                   "BATCH_SIZE": str(args.batch_size), "BATCHES_PER_TASK": str(args.batches_per_task),
                   "S3_ENDPOINT_URL": s3.endpoint_url, "S3_REGION": s3.region, "S3_ACCESS_KEY": s3.access_key,
                   "S3_SECRET_KEY": s3.secret_key, "COLLECTION": "bench"}
+        if not args.text_stages:  # the embed pipeline against the encoder: ocr/caption pass through
+            values.update({"OCR_ENABLED": "false", "CAPTION_BACKEND": "off"})
         os.environ.update({PREFIX + k: v for k, v in values.items()})
         settings = Settings.from_env()
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -188,7 +193,8 @@ def main() -> int:
                   "job); overhead = wall time per empty `embed | ocr | caption | finish` chain.\n\n"
                   "| date | command | model | device | images | raw img/s | distributed img/s | "
                   "distributed/raw | Celery+Redis ms/batch | machine |\n|---|---|---|---|---|---|---|---|---|---|\n")
-        inputs = f"{args.images} x {w}x{h} JPEG, batch {args.batch_size}x{args.batches_per_task}"
+        inputs = (f"{args.images} x {w}x{h} JPEG, batch {args.batch_size}x{args.batches_per_task}"
+                  + (", with OCR + captions" if args.text_stages else ""))
         record_row("## bench/ingest.py", [model.spec.name, model.device, inputs, f"{raw:.1f}", f"{best:.1f}",
                                           f"{ratio:.2f}", f"{overhead * 1000:.1f}", where], header)
         print(f"recorded in {RESULTS}")
