@@ -45,6 +45,12 @@ class Settings:
     milvus_uri: str = field(default="", metadata={
         "help": "Milvus server URI (http://host:19530). Empty: Milvus Lite file in the data dir."})
     milvus_token: str = field(default="", metadata=_secret("Milvus token (user:password)."))
+    vector_index: str = field(default="auto", metadata={
+        "help": "Index of the vector fields of new collections: auto (FLAT, exact, on Milvus Lite; "
+                "IVF_FLAT on a Milvus server), FLAT, IVF_FLAT or HNSW. Not AUTOINDEX/HNSW by "
+                "default: HNSW loses rows among exact-duplicate vectors (tags, copies of one image)."})
+    vector_nprobe: int = field(default=32, metadata={
+        "help": "IVF_FLAT: clusters searched per query (of 1024); more is slower and finds more."})
     collection: str = field(default="images", metadata={
         "help": "Alias that callers search; the physical collection is <alias>_v<N>."})
     redis_url: str = field(default="", metadata={
@@ -168,6 +174,10 @@ class Settings:
     phash_min_score: int = field(default=24, metadata={
         "help": "phash channel keeps hits with 64 - 2*hamming >= this (24: hamming <= 20; unrelated "
                 "photos sit near 32 bits apart). A ranking cut, not the duplicate threshold."})
+
+    phash_tier_score: int = field(default=40, metadata={
+        "help": "Fused search: phash hits with 64 - 2*hamming >= this (40: hamming <= 12) rank above "
+                "all other hits, as copies of the query image. 65 turns the tier off."})
 
     # -- near-duplicates (issue 5) ------------------------------------------------------------
     duplicate_threshold: int = field(default=6, metadata={
@@ -308,6 +318,15 @@ def _validate_text(settings: "Settings") -> None:
         if getattr(settings, name) < 0:
             raise ConfigError(f"{PREFIX}{name.upper()} must be >= 0, got {getattr(settings, name)}")
     parse_weights(settings.fusion_weights)
+    if not -64 <= settings.phash_tier_score <= 65:
+        raise ConfigError(f"{PREFIX}PHASH_TIER_SCORE must be -64..65 (65: no tier), got {settings.phash_tier_score}")
+    from common.vector_index import INDEX_TYPES
+
+    if settings.vector_index not in INDEX_TYPES:
+        raise ConfigError(f"{PREFIX}VECTOR_INDEX must be one of {', '.join(INDEX_TYPES)}, "
+                          f"got {settings.vector_index!r}")
+    if not 1 <= settings.vector_nprobe <= 1024:
+        raise ConfigError(f"{PREFIX}VECTOR_NPROBE must be 1-1024, got {settings.vector_nprobe}")
 
 
 def parse_weights(text: str) -> dict[str, float]:

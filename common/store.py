@@ -20,6 +20,7 @@ from pathlib import Path
 from common.errors import CollectionNotFoundError, ModelMismatchError
 from common.models.clip import ModelSpec
 from common.settings import Settings
+from common.vector_index import IndexTypes, add_vector_index, index_type_for, search_params
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,7 @@ class ImageStore:
         self.settings = settings
         self.alias = alias or settings.collection
         self.client = milvus_client(settings)
+        self._index_types = IndexTypes(self.client, self.alias)
         self._loaded: set[str] = set()
 
     # -- collection lifecycle -------------------------------------------------------------
@@ -227,8 +229,9 @@ class ImageStore:
         schema.add_field("clip", DataType.FLOAT_VECTOR, dim=spec.dim)
         schema.add_field("phash", DataType.FLOAT_VECTOR, dim=PHASH_DIM)
         index = self.client.prepare_index_params()
-        index.add_index("clip", index_type="AUTOINDEX", metric_type="IP")
-        index.add_index("phash", index_type="AUTOINDEX", metric_type="IP")
+        index_type = index_type_for(self.settings, self.client)
+        add_vector_index(index, "clip", index_type)
+        add_vector_index(index, "phash", index_type)
         self.client.create_collection(name, schema=schema, index_params=index)
         self.client.alter_collection_properties(name, properties={
             PROP_PREFIX + "model": spec.name, PROP_PREFIX + "weights": spec.weights,
@@ -361,7 +364,7 @@ class ImageStore:
         results = self.client.search(self.alias, data=[list(map(float, v)) for v in vectors],
                                      anns_field=field, limit=k, filter=expr,
                                      output_fields=["uri"],
-                                     search_params={"metric_type": "IP"})
+                                     search_params=search_params(self._index_types[field], self.settings, k))
         return [[Hit(int(r["id"]), r["entity"]["uri"], float(r["distance"])) for r in hits]
                 for hits in results]
 

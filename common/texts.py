@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from common.errors import ModelMismatchError
 from common.settings import Settings
 from common.store import PROP_PREFIX, UPSERT_ROWS, milvus_client
+from common.vector_index import IndexTypes, add_vector_index, index_type_for, search_params
 
 KINDS = ("ocr", "caption", "tag")
 TEXT_MAX = 2048
@@ -66,6 +67,7 @@ class TextStore:
         self.settings = settings
         self.alias = texts_alias(collection or settings.collection)
         self.client = milvus_client(settings)
+        self._index_types = IndexTypes(self.client, self.alias)
         self._loaded: set[str] = set()
 
     def physical_name(self) -> str | None:
@@ -133,7 +135,7 @@ class TextStore:
                                      input_field_names=["text"], output_field_names=["sparse"]))
         index = self.client.prepare_index_params()
         index.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
-        index.add_index("dense", index_type="AUTOINDEX", metric_type="IP")
+        add_vector_index(index, "dense", index_type_for(self.settings, self.client))
         index.add_index("image_id", index_type="INVERTED")
         self.client.create_collection(name, schema=schema, index_params=index)
         self.client.alter_collection_properties(name, properties={
@@ -205,7 +207,9 @@ class TextStore:
         expr = f"image_id in {[int(i) for i in image_filter]}" if image_filter is not None else ""
         results = self.client.search(self.alias, data=data, anns_field=field, limit=limit, filter=expr,
                                      output_fields=["image_id", "kind", "text"],
-                                     search_params={"metric_type": metric})
+                                     search_params=search_params(self._index_types[field], self.settings, limit,
+                                                                 metric) if field == "dense"
+                                     else {"metric_type": metric})
         out = []
         for hits in results:
             # Milvus Lite reports BM25 as a negative distance (smaller = better); server as a

@@ -41,3 +41,24 @@ def test_single_channel_keeps_its_scores_and_ties_break_by_rank_then_id():
 def test_fused_hit_round_trips():
     hit = FusedHit(1, "s3://b/k", 0.0325, {"clip": {"rank": 1, "score": 0.3}})
     assert FusedHit.from_dict(hit.to_dict()) == hit
+
+
+def test_a_tier_hit_outranks_agreement_of_other_channels():
+    """Image 7 is a copy of the query (phash score 56 >= the tier's 40) but only phash finds
+    it; image 2 is ranked first by clip and dense. Plain RRF puts 2 first; the tier puts 7."""
+    channels = {"clip": [ChannelHit(2, 0.9), ChannelHit(3, 0.8)],
+                "dense": [ChannelHit(2, 0.7), ChannelHit(3, 0.6)],
+                "phash": [ChannelHit(7, 56.0)]}
+    assert [i for i, _, _ in fuse(channels, {})][0] == 2
+    fused = fuse(channels, {}, tiers={"phash": 40})
+    assert [i for i, _, _ in fused] == [7, 2, 3]
+    scores = [s for _, s, _ in fused]
+    assert scores == sorted(scores, reverse=True)  # scores still fall with rank
+    assert fused[0][2]["phash"]["tier"] is True and "tier" not in str(fused[1][2])
+
+
+def test_a_tier_keeps_a_single_channels_order_and_scores():
+    hits = [ChannelHit(1, 50.0), ChannelHit(2, 30.0)]
+    fused = fuse({"phash": hits}, {}, tiers={"phash": 40})
+    assert [(i, s) for i, s, _ in fused] == [(1, 50.0), (2, 30.0)]
+    assert fused[0][2]["phash"]["tier"] is True
