@@ -94,6 +94,10 @@ class Settings:
         "help": "Under load, how long a worker waits to fill a batch (0: take what is queued)."})
     query_timeout_ms: int = field(default=10_000, metadata={
         "help": "Default time a client waits for its answer (the request's deadline)."})
+    query_alias_check_ms: int = field(default=250, metadata={
+        "help": "How often a query worker asks Milvus where its alias points: after a migration's "
+                "swap it answers from the new collection within this time (0: before every batch, "
+                "one more Milvus call per batch)."})
     query_max_image_bytes: int = field(default=10 * 1024 * 1024, metadata={
         "help": "Largest query image (bytes) accepted in a request or a gateway upload."})
     gateway_host: str = field(default="127.0.0.1", metadata={"help": "Address `imgsearch serve` binds."})
@@ -274,6 +278,8 @@ def _validate_query(settings: "Settings") -> None:
                  "query_max_image_bytes", "gateway_port"):
         if getattr(settings, name) < 1:
             raise ConfigError(f"{PREFIX}{name.upper()} must be >= 1, got {getattr(settings, name)}")
+    if settings.query_alias_check_ms < 0:
+        raise ConfigError(f"{PREFIX}QUERY_ALIAS_CHECK_MS must be >= 0, got {settings.query_alias_check_ms}")
     if settings.query_max_wait_ms < 0:
         raise ConfigError(f"{PREFIX}QUERY_MAX_WAIT_MS must be >= 0, got {settings.query_max_wait_ms}")
     if not settings.query_stream or not settings.query_group:

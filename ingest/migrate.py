@@ -158,7 +158,7 @@ def run_migration(settings: Settings, model_name: str, pretrained: str, drop_old
         swap(settings, m)
         report.swapped = True
         if drop_old:
-            report.dropped = drop_collection(settings, m.old)
+            report.dropped = drop_retired(settings, m.old)
     report.seconds = time.perf_counter() - started
     return report
 
@@ -227,7 +227,7 @@ def finish_migration(job, settings: Settings, jobs: JobStore) -> None:
     swap(settings, m)
     jobs.set_options(job.id, swapped=time.time(), swap_blocked="")
     if m.drop_old:
-        jobs.set_options(job.id, dropped=drop_collection(settings, m.old))
+        jobs.set_options(job.id, dropped=drop_retired(settings, m.old))
 
 
 def swap(settings: Settings, m: Migration) -> None:
@@ -236,6 +236,14 @@ def swap(settings: Settings, m: Migration) -> None:
     target.physical_name()  # loads it, so the first search after the swap does not wait
     previous = ImageStore(settings.with_overrides(collection=m.alias)).point_alias(m.new)
     log.warning("alias swapped", extra={"alias": m.alias, "from": previous, "to": m.new})
+
+
+def drop_retired(settings: Settings, name: str) -> bool:
+    """Drop the collection a swap just retired, once query workers have moved off it: they
+    look at the alias every ``query_alias_check_ms``, and a batch begun before may still be
+    searching it."""
+    time.sleep(settings.query_alias_check_ms / 1000 + 1.0)
+    return drop_collection(settings, name)
 
 
 def drop_collection(settings: Settings, name: str) -> bool:

@@ -80,6 +80,7 @@ class QueryWorker:
         self.searcher: BatchSearcher | None = None
         self.serving: str | None = None  # the physical collection the searcher is bound to
         self._follow = True  # False when IMGSEARCH_COLLECTION names no alias (nothing to follow)
+        self._alias_checked = 0.0  # monotonic time of the last look at the alias
         self.stopping = False
         self._last_batch = 0
         self._last_heartbeat = 0
@@ -98,7 +99,8 @@ class QueryWorker:
         log.info("query worker ready", extra={"worker": self.name, "stream": self.settings.query_stream})
 
     def _follow_alias(self) -> BatchSearcher | None:
-        """Bind to the collection the alias points to now (checked before every batch).
+        """Bind to the collection the alias points to now (looked up before a batch, at most
+        every ``query_alias_check_ms``: the lookup is a Milvus call, ~1 ms a batch).
 
         A batch is answered by ONE searcher bound to one physical collection and its own
         model, so when a migration moves the alias (``alter_alias``) each answer comes wholly
@@ -106,6 +108,10 @@ class QueryWorker:
         before it replaces the old one; if that fails, the old one keeps serving."""
         if not self._follow:
             return self.searcher
+        now = time.monotonic()
+        if self.searcher is not None and (now - self._alias_checked) * 1000 < self.settings.query_alias_check_ms:
+            return self.searcher
+        self._alias_checked = now
         try:
             client = milvus_client(self.settings)
             if self.searcher is None and self.settings.collection not in (client.list_aliases().get("aliases") or []):
