@@ -15,6 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from common.errors import ImageError
 from common.ids import image_id
 from common.images import DecodedImage, decode_image
@@ -146,8 +148,14 @@ def write_batch(prepared: PreparedBatch, ctx: EmbedContext) -> BatchResult:
     result.encode_s += encoded - started
     prepared.vectors = vectors
     stamp = now_ms()
-    rows = []
-    for obj, dec, vec, ph in zip(prepared.objects, prepared.decoded, vectors, prepared.phashes):
+    rows, indexed = [], []
+    finite = np.isfinite(vectors).all(axis=1)
+    for obj, dec, vec, ph, ok in zip(prepared.objects, prepared.decoded, vectors, prepared.phashes, finite):
+        if not ok:  # a broken checkpoint or an input it cannot handle: never index garbage
+            result.failed.append(Failure(obj.uri, "non_finite_vector", f"{ctx.model_tag} gave this image a "
+                                         "vector with NaN or infinite values; not indexed"))
+            continue
+        indexed.append(obj.uri)
         rows.append({
             "id": image_id(obj.uri), "uri": obj.uri, "etag": obj.etag,
             "source": ctx.source.root, "width": dec.width, "height": dec.height,
@@ -156,7 +164,7 @@ def write_batch(prepared: PreparedBatch, ctx: EmbedContext) -> BatchResult:
         })
     ctx.store.upsert(rows)
     result.upsert_s += time.perf_counter() - encoded
-    result.indexed.extend(obj.uri for obj in prepared.objects)
+    result.indexed.extend(indexed)
     return result
 
 

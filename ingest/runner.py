@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 
+import numpy as np
+
 from common.models.clip import load_clip
 from common.settings import Settings
 from common.sources import Source, SourceObject, open_source
@@ -137,8 +139,13 @@ def run_ingest(location: str, settings: Settings, include: tuple[str, ...] = (),
 
 def _text_stages(prepared, result, text_ctx: TextContext, collection: str) -> None:
     """OCR and captions on the pixels already decoded; a failed image moves to the failures."""
-    uris = [o.uri for o in prepared.objects]
-    failed = run_text_stages(uris, prepared.decoded, prepared.vectors, collection, text_ctx)
+    indexed = set(result.indexed)  # not those the embed step refused (a non-finite vector)
+    keep = [i for i, o in enumerate(prepared.objects) if o.uri in indexed]
+    if not keep:
+        return
+    uris = [prepared.objects[i].uri for i in keep]
+    vectors = None if prepared.vectors is None else np.asarray(prepared.vectors)[keep]
+    failed = run_text_stages(uris, [prepared.decoded[i] for i in keep], vectors, collection, text_ctx)
     bad = {f.uri for f in failed}
     if bad:
         result.indexed[:] = [u for u in result.indexed if u not in bad]

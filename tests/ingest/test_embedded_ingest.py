@@ -128,3 +128,36 @@ def test_s3_wrong_credentials_are_a_clear_error(s3_server, s3_settings):
     settings = s3_settings(s3_secret_key="wrong-secret")
     with pytest.raises(SourceError, match="cannot list s3://photos"):
         run_ingest("s3://photos/", settings, progress=False)
+
+
+def test_a_checkpoint_that_gives_nan_vectors_dead_letters_instead_of_indexing(tmp_path, samples_dir,
+                                                                               make_settings):
+    """A broken checkpoint (NaN in the image tower) is bad input too: every image it encodes is
+    dead-lettered as ``non_finite_vector``, nothing is indexed, no text rows are written."""
+    import torch
+
+    from common.models import reference
+    from common.texts import TextStore
+
+    base = make_settings()
+    reference.register_config(base.cache_dir)
+    state = torch.load(reference.reference_checkpoint(base.cache_dir), map_location="cpu", weights_only=False)
+    weights = state.get("state_dict", state)
+    name = next(k for k, v in weights.items() if k.startswith("visual.") and v.is_floating_point())
+    weights[name] = torch.full_like(weights[name], float("nan"))
+    broken = tmp_path / "broken.pt"
+    torch.save(state, broken)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, path in enumerate(sorted(samples_dir.glob("*/*.png"))[:4]):
+        shutil.copy(path, folder / f"img{i}.png")
+    settings = make_settings(clip_pretrained=str(broken))
+
+    summary = run_ingest(str(folder), settings, progress=False)
+
+    assert (summary.listed, summary.indexed, summary.failed) == (4, 0, 4)
+    assert {f.reason for f in summary.failures} == {"non_finite_vector"}
+    assert "NaN" in summary.failures[0].message
+    assert ImageStore(settings).count() == 0
+    texts = TextStore(settings)
+    assert not texts.exists() or all(texts.rows_of(image_id(f.uri)) == [] for f in summary.failures)
