@@ -35,7 +35,7 @@ def test_hybrid_requests_match_the_in_process_service(queue_settings, start_work
     default = client.search(text="a sneaker", k=5).hits
     assert {"clip", "bm25"} <= set(default[0].evidence) and default[0].evidence["bm25"]["kind"] == "tag"
     itself = client.search(image=image, k=1).hits[0]
-    assert itself.evidence["phash"] == {"rank": 1, "score": 64.0} and itself.evidence["clip"]["rank"] == 1
+    assert itself.evidence["phash"] == {"rank": 1, "score": 64.0, "tier": True} and itself.evidence["clip"]["rank"] == 1
     assert all(any(r["text"] == "coat" for r in service.texts.rows_of(h.id))
                for h in client.search(text="warm clothes", must=["coat"], k=10).hits)
 
