@@ -99,9 +99,9 @@ def milvus_client(settings: Settings):
 
 
 def _connect(client_class, uri: str, kwargs: dict, attempts: int = 4):
-    """A new client, retried a few times: a connection the server is closing (GOAWAY, e.g.
-    "too_many_pings" from ``milvus-lite server``) fails the first call of a new channel that
-    reuses it; a fresh attempt opens a new connection. The last failure is raised as is."""
+    """A new dedicated client, retried a few times when connecting fails (a server still
+    starting, a connection refused for a moment); each attempt opens a new connection. The
+    last failure is raised as is."""
     for attempt in range(attempts):
         try:
             return client_class(uri, grpc_options=GRPC_OPTIONS, dedicated=True, **kwargs)

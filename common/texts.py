@@ -208,8 +208,7 @@ class TextStore:
         results = self.client.search(self.alias, data=data, anns_field=field, limit=limit, filter=expr,
                                      output_fields=["image_id", "kind", "text"],
                                      search_params=search_params(self._index_types[field], self.settings, limit,
-                                                                 metric) if field == "dense"
-                                     else {"metric_type": metric})
+                                                                 metric))
         out = []
         for hits in results:
             # Milvus Lite reports BM25 as a negative distance (smaller = better); server as a

@@ -148,14 +148,13 @@ def write_batch(prepared: PreparedBatch, ctx: EmbedContext) -> BatchResult:
     result.encode_s += encoded - started
     prepared.vectors = vectors
     stamp = now_ms()
-    rows, indexed = [], []
+    rows = []
     finite = np.isfinite(vectors).all(axis=1)
     for obj, dec, vec, ph, ok in zip(prepared.objects, prepared.decoded, vectors, prepared.phashes, finite):
         if not ok:  # a broken checkpoint or an input it cannot handle: never index garbage
             result.failed.append(Failure(obj.uri, "non_finite_vector", f"{ctx.model_tag} gave this image a "
                                          "vector with NaN or infinite values; not indexed"))
             continue
-        indexed.append(obj.uri)
         rows.append({
             "id": image_id(obj.uri), "uri": obj.uri, "etag": obj.etag,
             "source": ctx.source.root, "width": dec.width, "height": dec.height,
@@ -164,7 +163,7 @@ def write_batch(prepared: PreparedBatch, ctx: EmbedContext) -> BatchResult:
         })
     ctx.store.upsert(rows)
     result.upsert_s += time.perf_counter() - encoded
-    result.indexed.extend(indexed)
+    result.indexed.extend(row["uri"] for row in rows)
     return result
 
 
