@@ -26,8 +26,8 @@ from PIL import Image
 
 from common.ids import image_id
 from common.images import DecodedImage
-from common.models.caption import Captioner, CaptionError, load_captioner
-from common.models.ocr import OcrModel, load_ocr
+from common.models.caption import CaptionError, Describer, load_captioner
+from common.models.ocr import OcrReader, load_ocr
 from common.models.text import TextEncoder, load_text_encoder
 from common.settings import Settings
 from common.sources import Source, open_source
@@ -61,10 +61,10 @@ class TextContext:
                 self._encoder = load_text_encoder(self.settings)
             return self._encoder
 
-    def ocr(self) -> OcrModel:
+    def ocr(self) -> OcrReader:
         return load_ocr(self.settings)
 
-    def captioner(self, collection: str) -> Captioner | None:
+    def captioner(self, collection: str) -> Describer | None:
         clip = None
         if self.settings.caption_backend == "clip":
             from common.models.clip import load_clip

@@ -19,7 +19,6 @@ import base64
 import io
 import json
 import logging
-import threading
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -30,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from common.errors import ConfigError, ImgsearchError
+from common.models.base import MODELS, InferenceModel, ModelIdentity
 from common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -86,21 +86,76 @@ def merge_views(answers: Sequence[tuple[str, list[str]]], max_tags: int) -> Desc
     return Description(captions, [(tag, round(min(1.0, c / total), 4)) for tag, c in ranked])
 
 
-class Captioner:
-    """Base class. ``describe`` gets decoded images and, when known, their CLIP vectors."""
+@dataclass(frozen=True)
+class CaptionOptions:
+    """Per-caller options of a captioner (not part of the model's identity)."""
+
+    grid: int = 2
+    max_tags: int = 5
+    min_score: float = 0.1
+    timeout_s: int = 60
+    api_key: str = field(default="", repr=False)  # a secret: never in reprs or logs
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "CaptionOptions":
+        return cls(settings.caption_grid, settings.caption_max_tags, settings.caption_min_score,
+                   settings.caption_timeout_s, settings.caption_api_key)
+
+
+class Captioner(InferenceModel):
+    """Base of the captioners. ``describe`` gets decoded images and, when known, their CLIP
+    vectors. Constructed from settings (configuration errors surface at once); the options
+    default to those settings' and a :class:`Describer` binds another caller's."""
 
     name = "base"
     needs_pixels = True  # False: describes from stored CLIP vectors alone (no re-fetch)
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, identity: ModelIdentity | None = None):
+        super().__init__(identity or self.identity_for(settings))
         self.settings = settings
+        self.options = CaptionOptions.from_settings(settings)
+
+    @classmethod
+    def identity_for(cls, settings: Settings, clip_model=None) -> ModelIdentity:
+        """What makes two captioners the same model (backend, model, device)."""
+        return ModelIdentity("caption", cls.name, settings.caption_model, settings.device)
+
+    def _load(self) -> None:
+        """Nothing to load by default (an endpoint holds its model)."""
+
+    def _unload(self) -> None:
+        """Nothing to free by default."""
+
+    def _warm(self) -> None:
+        """Endpoints are not warmed: a request would cost the endpoint a real caption."""
+
+    def describe(self, images: Sequence[Image.Image | None], vectors: np.ndarray | None = None,
+                 options: CaptionOptions | None = None) -> list[Description]:
+        self.ready()
+        opts = options or self.options
+        return [merge_views([self._view(v, opts) for v in crops(img, opts.grid)], opts.max_tags) for img in images]
+
+    def _view(self, image: Image.Image, options: CaptionOptions) -> tuple[str, list[str]]:  # pragma: no cover
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Describer:
+    """A loaded captioner bound to one caller's :class:`CaptionOptions` (what callers hold)."""
+
+    model: Captioner
+    options: CaptionOptions
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    @property
+    def needs_pixels(self) -> bool:
+        return self.model.needs_pixels
 
     def describe(self, images: Sequence[Image.Image | None], vectors: np.ndarray | None = None) -> list[Description]:
-        return [merge_views([self._view(v) for v in crops(img, self.settings.caption_grid)],
-                            self.settings.caption_max_tags) for img in images]
-
-    def _view(self, image: Image.Image) -> tuple[str, list[str]]:  # pragma: no cover - abstract
-        raise NotImplementedError
+        return self.model.describe(images, vectors, self.options)
 
 
 class ClipTagger(Captioner):
@@ -110,21 +165,42 @@ class ClipTagger(Captioner):
     needs_pixels = False
 
     def __init__(self, settings: Settings, clip_model):
-        super().__init__(settings)
-        path = Path(settings.caption_vocabulary).expanduser() if settings.caption_vocabulary else VOCABULARY
+        self.vocabulary = (Path(settings.caption_vocabulary).expanduser() if settings.caption_vocabulary
+                           else VOCABULARY)
+        self.model = clip_model
+        super().__init__(settings, self.identity_for(settings, clip_model))
         try:
-            labels = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+            labels = [ln.strip() for ln in self.vocabulary.read_text(encoding="utf-8").splitlines()]
         except OSError as exc:
-            raise ConfigError(f"cannot read IMGSEARCH_CAPTION_VOCABULARY {path}: {exc}") from None
+            raise ConfigError(f"cannot read IMGSEARCH_CAPTION_VOCABULARY {self.vocabulary}: {exc}") from None
         self.labels = list(dict.fromkeys(label for label in labels if label and not label.startswith("#")))
         if len(self.labels) < 2:
-            raise ConfigError(f"caption vocabulary {path} needs at least two labels")
-        self.model = clip_model
-        self.label_vectors = clip_model.encode_texts([f"a photo of a {label}" for label in self.labels])
-        scale = getattr(getattr(clip_model, "model", None), "logit_scale", None)
+            raise ConfigError(f"caption vocabulary {self.vocabulary} needs at least two labels")
+        self.label_vectors: np.ndarray | None = None
+        self.scale = 100.0
+
+    @classmethod
+    def identity_for(cls, settings: Settings, clip_model=None) -> ModelIdentity:
+        """The vocabulary and the CLIP model it is encoded with make the tagger."""
+        vocabulary = settings.caption_vocabulary or str(VOCABULARY)
+        clip = clip_model.identity.label() if clip_model is not None else ""
+        return ModelIdentity("caption", f"clip[{clip}]", vocabulary, settings.device)
+
+    def _load(self) -> None:
+        self.label_vectors = self.model.encode_texts([f"a photo of a {label}" for label in self.labels])
+        scale = getattr(getattr(self.model, "model", None), "logit_scale", None)
         self.scale = float(scale.exp().item()) if scale is not None else 100.0
 
-    def describe(self, images: Sequence[Image.Image | None], vectors: np.ndarray | None = None) -> list[Description]:
+    def _unload(self) -> None:
+        self.label_vectors = None
+
+    def _warm(self) -> None:
+        self.describe([None], np.zeros((1, self.label_vectors.shape[1]), dtype=np.float32))
+
+    def describe(self, images: Sequence[Image.Image | None], vectors: np.ndarray | None = None,
+                 options: CaptionOptions | None = None) -> list[Description]:
+        self.ready()
+        opts = options or self.options
         if vectors is None:
             vectors = self.model.encode_images(list(images))
         logits = self.scale * (np.asarray(vectors, dtype=np.float32) @ self.label_vectors.T)
@@ -133,9 +209,9 @@ class ClipTagger(Captioner):
         probs /= probs.sum(axis=1, keepdims=True)
         out = []
         for row in probs:
-            order = np.argsort(-row)[: self.settings.caption_max_tags]
+            order = np.argsort(-row)[: opts.max_tags]
             out.append(Description([], [(self.labels[i], round(float(row[i]), 4)) for i in order
-                                        if row[i] >= self.settings.caption_min_score]))
+                                        if row[i] >= opts.min_score]))
         return out
 
 
@@ -179,17 +255,22 @@ class OpenAICaptioner(Captioner):
                               "(e.g. http://vllm:8000/v1) and IMGSEARCH_CAPTION_MODEL")
         self.url = settings.caption_endpoint.rstrip("/") + "/chat/completions"
 
-    def _view(self, image: Image.Image) -> tuple[str, list[str]]:
+    @classmethod
+    def identity_for(cls, settings: Settings, clip_model=None) -> ModelIdentity:
+        """The endpoint and the model it serves (the API key is an option, never an identity)."""
+        return ModelIdentity("caption", "openai", f"{settings.caption_model}@{settings.caption_endpoint}", "remote")
+
+    def _view(self, image: Image.Image, options: CaptionOptions) -> tuple[str, list[str]]:
         body = {"model": self.settings.caption_model, "temperature": 0, "max_tokens": 300,
                 "messages": [{"role": "user", "content": [
                     {"type": "text", "text": PROMPT},
                     {"type": "image_url", "image_url": {"url": image_data_url(image)}}]}]}
         headers = {"Content-Type": "application/json"}
-        if self.settings.caption_api_key:
-            headers["Authorization"] = f"Bearer {self.settings.caption_api_key}"
+        if options.api_key:
+            headers["Authorization"] = f"Bearer {options.api_key}"
         request = urllib.request.Request(self.url, data=json.dumps(body).encode(), headers=headers, method="POST")
         try:
-            with urllib.request.urlopen(request, timeout=self.settings.caption_timeout_s) as resp:
+            with urllib.request.urlopen(request, timeout=options.timeout_s) as resp:
                 doc = json.loads(resp.read())
         except urllib.error.HTTPError as exc:
             detail = exc.read()[:300].decode("utf-8", "replace")
@@ -219,42 +300,44 @@ class TransformersCaptioner(Captioner):
             raise ConfigError("IMGSEARCH_CAPTION_BACKEND=transformers needs IMGSEARCH_CAPTION_MODEL = a local "
                               f"folder with a transformers image-to-text model (config.json), got "
                               f"{settings.caption_model!r}")
+        self.folder = folder
+        self.pipe = None
+
+    def _load(self) -> None:
         from transformers import pipeline
 
-        device = settings.device if settings.device not in ("auto",) else -1
-        self.pipe = pipeline("image-to-text", model=str(folder), device=device)
-        self._lock = threading.Lock()
+        device = self.settings.device if self.settings.device not in ("auto",) else -1
+        self.pipe = pipeline("image-to-text", model=str(self.folder), device=device)
 
-    def _view(self, image: Image.Image) -> tuple[str, list[str]]:
+    def _unload(self) -> None:
+        self.pipe = None
+
+    def _warm(self) -> None:
+        self._view(Image.new("RGB", (32, 32), "white"), self.options)
+
+    def _view(self, image: Image.Image, options: CaptionOptions) -> tuple[str, list[str]]:
         with self._lock:
             out = self.pipe(image.convert("RGB"), max_new_tokens=40)
         caption = out[0].get("generated_text", "") if out else ""
         return caption, []
 
 
-_cache: dict[tuple, Captioner] = {}
-_cache_lock = threading.Lock()
+BACKENDS: dict[str, type[Captioner]] = {"clip": ClipTagger, "openai": OpenAICaptioner,
+                                        "transformers": TransformersCaptioner}
 
 
-def load_captioner(settings: Settings, clip_model=None) -> Captioner | None:
-    """The configured captioner, loaded once per process (None when captions are off).
-
-    ``clip_model`` is the collection's CLIP model, needed by the ``clip`` backend only.
-    """
+def load_captioner(settings: Settings, clip_model=None) -> Describer | None:
+    """The configured captioner from the one model cache, bound to the settings' options
+    (None when captions are off). ``clip_model`` is the collection's CLIP model, needed by
+    the ``clip`` backend only."""
     backend = settings.caption_backend
     if backend == "off":
         return None
-    key = (backend, settings.caption_vocabulary, settings.caption_model, settings.caption_endpoint,
-           settings.caption_grid, settings.caption_max_tags, settings.caption_min_score,
-           id(clip_model) if backend == "clip" else None)
-    with _cache_lock:
-        if key not in _cache:
-            if backend == "clip":
-                if clip_model is None:
-                    raise ConfigError("the clip caption backend needs the collection's CLIP model")
-                _cache[key] = ClipTagger(settings, clip_model)
-            elif backend == "openai":
-                _cache[key] = OpenAICaptioner(settings)
-            else:
-                _cache[key] = TransformersCaptioner(settings)
-        return _cache[key]
+    cls = BACKENDS[backend]
+    if backend == "clip":
+        if clip_model is None:
+            raise ConfigError("the clip caption backend needs the collection's CLIP model")
+        model = MODELS.get(cls.identity_for(settings, clip_model), lambda: ClipTagger(settings, clip_model))
+    else:
+        model = MODELS.get(cls.identity_for(settings), lambda: cls(settings))
+    return Describer(model, CaptionOptions.from_settings(settings))

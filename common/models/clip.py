@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from PIL import Image
 
 from common.errors import ConfigError
 from common.models import reference
+from common.models.base import MODELS, InferenceModel, ModelIdentity
 from common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -115,23 +115,24 @@ def download_checkpoint(uri: str, settings: Settings) -> Path:
     return target
 
 
-class ClipModel:
-    """A loaded open_clip model with its preprocess and tokenizer. Thread-safe to call."""
+class ClipModel(InferenceModel):
+    """An open_clip model with its preprocess and tokenizer. Thread-safe to call.
 
-    def __init__(self, model, preprocess, tokenizer, spec: ModelSpec, device: str):
-        self.model = model
-        self.preprocess = preprocess
-        self.tokenizer = tokenizer
-        self.spec = spec
-        self.device = device
-        self._lock = threading.Lock()
+    ``spec`` (name, weights, digest, dim) is known once loaded; the cache loads on get."""
 
-    @classmethod
-    def load(cls, model_name: str, pretrained: str, settings: Settings) -> "ClipModel":
+    def __init__(self, identity: ModelIdentity, settings: Settings):
+        super().__init__(identity)
+        self.settings = settings
+        self.model = self.preprocess = self.tokenizer = None
+        self.spec: ModelSpec | None = None
+        self.device = identity.device
+
+    def _load(self) -> None:
         """Load weights once; raise :class:`ConfigError` with a useful message when impossible."""
         import open_clip
         import torch
 
+        model_name, pretrained, settings = self.identity.name, self.identity.weights, self.settings
         _quiet_transformers()
         reference.register_config(settings.cache_dir)
         ckpt, label, digest = resolve_weights(model_name, pretrained, settings)
@@ -147,14 +148,22 @@ class ClipModel:
         tokenizer = open_clip.get_tokenizer(model_name)
         with torch.inference_mode():
             dim = int(model.encode_text(tokenizer(["probe"]).to(device)).shape[-1])
-        spec = ModelSpec(model_name, label, digest, dim)
-        log.info("loaded CLIP model", extra={"model": spec.label(), "device": device})
-        return cls(model, preprocess, tokenizer, spec, device)
+        self.model, self.preprocess, self.tokenizer, self.device = model, preprocess, tokenizer, device
+        self.spec = ModelSpec(model_name, label, digest, dim)
+        log.info("loaded CLIP model", extra={"model": self.spec.label(), "device": device})
+
+    def _unload(self) -> None:
+        self.model = self.preprocess = self.tokenizer = None
+
+    def _warm(self) -> None:
+        self.encode_texts(["warm up"])
+        self.encode_images([Image.new("RGB", (32, 32), "white")])
 
     def preprocess_images(self, images: Sequence[Image.Image]):
         """PIL images -> one (N, 3, H, W) float tensor on the CPU (pinned when going to CUDA)."""
         import torch
 
+        self.ready()
         batch = torch.stack([self.preprocess(img) for img in images])
         return batch.pin_memory() if self.device.startswith("cuda") else batch
 
@@ -162,6 +171,7 @@ class ClipModel:
         """One forward pass over a preprocessed batch -> (N, d) L2-normalised float32."""
         import torch
 
+        self.ready()
         with self._lock, torch.inference_mode(), self._autocast():
             feats = self.model.encode_image(batch.to(self.device, non_blocking=True))
             feats = torch.nn.functional.normalize(feats.float(), dim=-1)
@@ -170,6 +180,7 @@ class ClipModel:
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """PIL images -> (N, d) L2-normalised float32, in one forward pass."""
         if not images:
+            self.ready()
             return np.zeros((0, self.spec.dim), dtype=np.float32)
         return self.encode_image_tensors(self.preprocess_images(images))
 
@@ -177,6 +188,7 @@ class ClipModel:
         """Texts -> (N, d) L2-normalised float32, in one forward pass."""
         import torch
 
+        self.ready()
         if not texts:
             return np.zeros((0, self.spec.dim), dtype=np.float32)
         tokens = self.tokenizer(list(texts)).to(self.device)
@@ -195,19 +207,17 @@ class ClipModel:
         return contextlib.nullcontext()
 
 
-_cache: dict[tuple, ClipModel] = {}
-_cache_lock = threading.Lock()
+def clip_identity(model_name: str, pretrained: str, settings: Settings) -> ModelIdentity:
+    """The identity of a CLIP model: name, weights as named ("" = the reference model's tag), device."""
+    if reference.is_reference(model_name, pretrained):
+        pretrained = reference.REFERENCE_TAG  # "" and the tag name the same weights
+    return ModelIdentity("clip", model_name, pretrained, settings.device)
 
 
 def load_clip(model_name: str, pretrained: str, settings: Settings) -> ClipModel:
-    """Process-wide model cache: each (model, weights, device) loads once per process."""
-    if reference.is_reference(model_name, pretrained):
-        pretrained = reference.REFERENCE_TAG  # "" and the tag name the same weights
-    key = (model_name, pretrained, settings.device, str(settings.cache_dir))
-    with _cache_lock:
-        if key not in _cache:
-            _cache[key] = ClipModel.load(model_name, pretrained, settings)
-        return _cache[key]
+    """The loaded CLIP model for (model, weights, device), from the one model cache."""
+    identity = clip_identity(model_name, pretrained, settings)
+    return MODELS.get(identity, lambda: ClipModel(identity, settings))
 
 
 def _quiet_transformers() -> None:

@@ -14,7 +14,6 @@ to right), lines below ``ocr_min_confidence`` dropped.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from common.errors import ConfigError
+from common.models.base import MODELS, InferenceModel, ModelIdentity
 from common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -41,31 +41,66 @@ class OcrLine:
         return {"text": self.text, "box": [round(v, 1) for v in self.box], "confidence": round(self.confidence, 4)}
 
 
-class OcrModel:
-    """Base class: ``predict`` takes RGB images and returns their lines, one list per image."""
+@dataclass(frozen=True)
+class OcrOptions:
+    """Per-caller cuts applied to an OCR model's lines (not part of the model's identity)."""
+
+    min_side: int = 32  # images whose shorter side is smaller are not OCRed (0: all)
+    min_confidence: float = 0.5
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "OcrOptions":
+        return cls(settings.ocr_min_side, settings.ocr_min_confidence)
+
+
+class OcrModel(InferenceModel):
+    """Base of the OCR backends: ``predict`` takes RGB images and returns their lines, one list
+    per image, in reading order, lines below the options' confidence dropped."""
 
     name = "base"
 
-    def __init__(self, settings: Settings):
-        self.settings = settings
-        self.min_side = settings.ocr_min_side
-        self.min_confidence = settings.ocr_min_confidence
-        self._lock = threading.Lock()  # onnxruntime sessions are shared; one image at a time
-
-    def predict(self, images: Sequence[Image.Image]) -> list[list[OcrLine]]:
+    def predict(self, images: Sequence[Image.Image], options: OcrOptions = OcrOptions()) -> list[list[OcrLine]]:
+        self.ready()
         out = []
         for img in images:
-            if self.min_side and min(img.size) < self.min_side:
+            if options.min_side and min(img.size) < options.min_side:
                 out.append([])  # too small for a readable line: not worth the detector's time
                 continue
-            with self._lock:
+            with self._lock:  # onnxruntime sessions are shared; one image at a time
                 lines = self._predict_one(np.asarray(img.convert("RGB")))
-            lines = [ln for ln in lines if ln.text.strip() and ln.confidence >= self.min_confidence]
+            lines = [ln for ln in lines if ln.text.strip() and ln.confidence >= options.min_confidence]
             out.append(sorted(lines, key=lambda ln: (round(ln.box[1] / 10), ln.box[0])))
         return out
 
+    engine = None  # the backend's loaded engine
+
+    def _unload(self) -> None:
+        self.engine = None
+
+    def _warm(self) -> None:
+        """Detector and recogniser both run: a white image with one printed line."""
+        from PIL import ImageDraw, ImageFont
+
+        img = Image.new("RGB", (320, 64), "white")
+        ImageDraw.Draw(img).text((10, 12), "warm up 42", fill="black", font=ImageFont.load_default(size=32))
+        self.predict([img], OcrOptions(0, 0.0))
+
     def _predict_one(self, rgb: np.ndarray) -> list[OcrLine]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class OcrReader:
+    """The loaded OCR model bound to one caller's :class:`OcrOptions` (what callers hold)."""
+
+    model: OcrModel
+    options: OcrOptions
+
+    def predict(self, images: Sequence[Image.Image]) -> list[list[OcrLine]]:
+        return self.model.predict(images, self.options)
+
+    def warm(self) -> None:
+        self.model.warm()
 
 
 def _box(points) -> tuple[float, ...]:
@@ -78,8 +113,7 @@ class RapidOcrModel(OcrModel):
 
     name = "rapidocr"
 
-    def __init__(self, settings: Settings):
-        super().__init__(settings)
+    def _load(self) -> None:
         try:
             from rapidocr import RapidOCR
         except ImportError as exc:
@@ -104,8 +138,7 @@ class PaddleOcrModel(OcrModel):
 
     name = "paddleocr"
 
-    def __init__(self, settings: Settings):
-        super().__init__(settings)
+    def _load(self) -> None:
         try:
             from paddleocr import PaddleOCR
         except ImportError:
@@ -124,15 +157,11 @@ class PaddleOcrModel(OcrModel):
         return lines
 
 
-BACKENDS = {"rapidocr": RapidOcrModel, "paddleocr": PaddleOcrModel}
-_cache: dict[tuple, OcrModel] = {}
-_cache_lock = threading.Lock()
+BACKENDS: dict[str, type[OcrModel]] = {"rapidocr": RapidOcrModel, "paddleocr": PaddleOcrModel}
 
 
-def load_ocr(settings: Settings) -> OcrModel:
-    """The configured OCR model, loaded once per process."""
-    key = (settings.ocr_backend, settings.ocr_min_side, settings.ocr_min_confidence)
-    with _cache_lock:
-        if key not in _cache:
-            _cache[key] = BACKENDS[settings.ocr_backend](settings)
-        return _cache[key]
+def load_ocr(settings: Settings) -> OcrReader:
+    """The configured OCR backend from the one model cache, bound to the settings' cuts."""
+    identity = ModelIdentity("ocr", settings.ocr_backend, "", settings.device)
+    model = MODELS.get(identity, lambda: BACKENDS[settings.ocr_backend](identity))
+    return OcrReader(model, OcrOptions.from_settings(settings))

@@ -9,44 +9,51 @@ name or folder can be configured with ``IMGSEARCH_TEXT_MODEL``.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 
 import numpy as np
 
 from common.errors import ConfigError
 from common.models import reference
+from common.models.base import MODELS, InferenceModel, ModelIdentity
 from common.settings import Settings
 
 DEFAULT_LABEL = "all-MiniLM-L6-v2"
 
 
-class TextEncoder:
-    """A loaded sentence-transformers model; outputs are L2-normalised float32 (IP = cosine)."""
+class TextEncoder(InferenceModel):
+    """A sentence-transformers model; outputs are L2-normalised float32 (IP = cosine).
 
-    def __init__(self, model, label: str):
-        self.model = model
+    ``label`` is what the texts collection records (the configured name, or the default's
+    name); ``dim`` is known once loaded (the cache loads on get)."""
+
+    def __init__(self, identity: ModelIdentity, label: str):
+        super().__init__(identity)
         self.label = label
-        dim_of = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
-        self.dim = int(dim_of())
-        self._lock = threading.Lock()
+        self.model = None
+        self.dim = 0
 
-    @classmethod
-    def load(cls, settings: Settings) -> "TextEncoder":
+    def _load(self) -> None:
         from sentence_transformers import SentenceTransformer
 
-        name = settings.text_model or str(reference.minilm_dir())
-        label = settings.text_model or DEFAULT_LABEL
+        name = self.identity.name
         try:
-            model = SentenceTransformer(name, device="cpu" if settings.device == "auto" else settings.device,
-                                        local_files_only=True)
+            model = SentenceTransformer(name, device=self.identity.device, local_files_only=True)
         except Exception as exc:
-            raise ConfigError(f"cannot load text model {label!r} ({name}): {exc}. Offline machines need a "
+            raise ConfigError(f"cannot load text model {self.label!r} ({name}): {exc}. Offline machines need a "
                               "local folder (IMGSEARCH_TEXT_MODEL=/path/to/model).") from exc
-        return cls(model, label)
+        dim_of = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        self.model, self.dim = model, int(dim_of())
+
+    def _unload(self) -> None:
+        self.model = None
+
+    def _warm(self) -> None:
+        self.encode(["warm up"])
 
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """Texts -> (N, dim) L2-normalised float32 (length-sorted batches inside)."""
+        self.ready()
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         with self._lock:
@@ -55,14 +62,10 @@ class TextEncoder:
         return np.asarray(vectors, dtype=np.float32)
 
 
-_cache: dict[tuple, TextEncoder] = {}
-_cache_lock = threading.Lock()
-
-
 def load_text_encoder(settings: Settings) -> TextEncoder:
-    """Process-wide cache: the text model loads once per process."""
-    key = (settings.text_model, settings.device)
-    with _cache_lock:
-        if key not in _cache:
-            _cache[key] = TextEncoder.load(settings)
-        return _cache[key]
+    """The configured text model (default: the offline MiniLM), from the one model cache."""
+    name = settings.text_model or str(reference.minilm_dir())
+    label = settings.text_model or DEFAULT_LABEL
+    device = "cpu" if settings.device == "auto" else settings.device
+    identity = ModelIdentity("text", name, "", device)
+    return MODELS.get(identity, lambda: TextEncoder(identity, label))

@@ -86,12 +86,12 @@ def test_a_reindex_without_changes_loads_no_model(make_settings, tmp_path, milvu
     script = (
         "import json, sys\n"
         "from common.settings import Settings\n"
-        "from common.models import clip\n"
+        "from common.models.base import MODELS\n"
         "from ingest.reindex import run_reindex\n"
         "s = Settings.from_env({'IMGSEARCH_DATA_DIR': sys.argv[1], 'IMGSEARCH_MODEL_CACHE_DIR': sys.argv[2],"
         "                       'IMGSEARCH_MILVUS_URI': sys.argv[4], 'IMGSEARCH_COLLECTION': sys.argv[5]})\n"
         "r = run_reindex(sys.argv[3], s, progress=False)\n"
-        "print(json.dumps({**r.to_dict(), 'models_loaded': len(clip._cache)}))\n")
+        "print(json.dumps({**r.to_dict(), 'models_loaded': len(MODELS.loaded())}))\n")
     out = subprocess.run([sys.executable, "-c", script, str(settings.data_dir), settings.model_cache_dir, str(folder),
                           settings.milvus_uri, settings.collection],
                          capture_output=True, text=True, timeout=300, cwd=ROOT)
