@@ -26,6 +26,14 @@ def probe(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=60)
 
 
+def mtime(path: Path) -> float:
+    """The file's mtime, 0 while it does not exist (the worker replaces it atomically)."""
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
 def wait_for(condition, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None):
     deadline = time.monotonic() + timeout
     tail = (lambda: log.read_text()[-3000:]) if log else (lambda: "")
@@ -37,8 +45,19 @@ def wait_for(condition, timeout: float, what: str, proc: subprocess.Popen | None
         time.sleep(0.1)
 
 
-def test_worker_probe_follows_the_heartbeat_a_real_celery_worker_writes(redis_server, tmp_path):
+@pytest.fixture
+def own_redis():
+    """A Redis of this test's own: it is stopped and started again mid-test."""
+    from tests.servers import RedisServer
+
+    with RedisServer() as server:
+        yield server
+
+
+def test_worker_probe_follows_the_heartbeat_a_real_celery_worker_writes(own_redis, tmp_path):
     from ingest.health import HEARTBEAT_EVERY_S
+
+    redis_server = own_redis
 
     heartbeat = tmp_path / "run" / "heartbeat"
     env = imgsearch_env({"REDIS_URL": redis_server.url, "MILVUS_URI": "http://127.0.0.1:9",  # never contacted
@@ -56,13 +75,20 @@ def test_worker_probe_follows_the_heartbeat_a_real_celery_worker_writes(redis_se
                                   cwd=ROOT, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
                                   start_new_session=True)
     try:
-        wait_for(lambda: heartbeat.exists() and heartbeat.stat().st_mtime >= started, 120,
+        wait_for(lambda: mtime(heartbeat) >= started, 120,
                  "the first heartbeat of the new worker", worker, log)
         alive = probe(env, "worker", "--max-age", "60")
         assert alive.returncode == 0, alive.stderr
-        first = heartbeat.stat().st_mtime
-        wait_for(lambda: heartbeat.stat().st_mtime > first, 6 * HEARTBEAT_EVERY_S,
+        first = mtime(heartbeat)
+        wait_for(lambda: mtime(heartbeat) > first, 6 * HEARTBEAT_EVERY_S,
                  "the heartbeat rewritten on the worker's timer", worker, log)
+        redis_server.kill()  # the broker goes away: the consumer stops, and so does its heartbeat
+        wait_for(lambda: not heartbeat.exists(), 60, "the heartbeat removed while the broker is gone", worker, log)
+        lost = probe(env, "worker")
+        assert lost.returncode == 1 and "no heartbeat file" in lost.stderr, lost.stderr
+        redis_server.start()  # same port: the worker reconnects and beats again
+        wait_for(lambda: heartbeat.exists(), 120, "the heartbeat back after the reconnect", worker, log)
+        assert probe(env, "worker").returncode == 0
         os.killpg(worker.pid, signal.SIGTERM)  # what the kubelet sends: Celery's warm shutdown
         assert worker.wait(60) == 0
     finally:
