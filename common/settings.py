@@ -188,6 +188,12 @@ class Settings:
         "help": "Near-duplicate threshold: two images whose 64-bit perceptual hashes differ in at "
                 "most this many bits are duplicates (`imgsearch duplicates`; 0-32)."})
 
+    # -- Kubernetes probes (issue 17) --------------------------------------------------------
+    worker_heartbeat_file: str = field(default="", metadata={
+        "help": "Celery ingest workers rewrite this file every 10 s while their consumer runs (liveness "
+                "for Kubernetes: `python -m imgsearch.probe worker`); removed when the consumer stops. "
+                "Empty: no file."})
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
         """Read ``IMGSEARCH_<FIELD>`` variables; explicit ``overrides`` win. Bad values raise."""

@@ -22,6 +22,7 @@ from celery import Celery
 from kombu import Queue
 
 from common.settings import Settings
+from ingest.health import install_heartbeat
 from ingest.schedules import beat_schedule
 
 QUEUES = ("plan", "embed", "ocr", "caption", "finish")
@@ -81,6 +82,7 @@ def celery_config(settings: Settings) -> dict:
 def create_app(settings: Settings) -> Celery:
     app = Celery("imgsearch", include=["ingest.tasks"])
     app.conf.update(celery_config(settings))
+    install_heartbeat(app, settings)  # IMGSEARCH_WORKER_HEARTBEAT_FILE: liveness (ingest/health.py)
     return app
 
 
