@@ -32,6 +32,9 @@ def add_parsers(sub) -> None:
                    "ingested from (e.g. s3://bucket/evalsets/ocr/); default its file:// URI")
     e.add_argument("--collection", default=argparse.SUPPRESS, help="override IMGSEARCH_COLLECTION")
     e.add_argument("--json", action="store_true", help="print the report as JSON")
+    e.add_argument("--plot", type=Path, metavar="FILE.png",
+                   help="also draw precision-recall curves to FILE.png: one panel per query kind (and all "
+                   "queries), one curve per channel and fused")
     e.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
 
     d = sub.add_parser(
@@ -83,6 +86,10 @@ def cmd_duplicates(args, settings) -> int:
 def cmd_eval(args, settings) -> int:
     from imgsearch.evaluate import evaluate_dataset
 
+    if args.plot is not None:  # a bad path is refused before minutes of ingest, not after
+        from imgsearch.plots import check_plot_path
+
+        check_plot_path(args.plot)
     bar = None
 
     def progress(total: int):
@@ -99,6 +106,11 @@ def cmd_eval(args, settings) -> int:
         if bar is not None:
             bar.close()
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.render())
+    if args.plot is not None:
+        from imgsearch.plots import plot_pr_curves
+
+        written = plot_pr_curves(report, args.plot)
+        print(f"precision-recall curves written to {written}", file=sys.stderr)
     return 0
 
 

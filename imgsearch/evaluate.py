@@ -15,7 +15,7 @@ from pathlib import Path
 from common.errors import ConfigError, SourceError
 from common.settings import Settings
 from imgsearch.evalsets import IMAGE_GLOBS, Dataset, DatasetError, EvalQuery, load_dataset
-from imgsearch.metrics import METRICS, mean_metrics, query_metrics
+from imgsearch.metrics import METRICS, RECALL_LEVELS, mean_curve, mean_metrics, pr_curve, query_metrics
 
 IMAGE_ONLY_CHANNELS = {"phash"}   # a text query has nothing to search there
 FUSED = "fused"
@@ -38,11 +38,16 @@ def ranked_ids(service, query: EvalQuery, channels: Sequence[str], depth: int) -
 class ChannelResult:
     name: str
     per_query: dict[str, dict[str, float]] = field(default_factory=dict)  # query id -> metrics
+    curves: dict[str, list[float]] = field(default_factory=dict)  # query id -> precision at RECALL_LEVELS
     answered: int = 0   # queries that got at least one result
 
     def mean(self, ids: Sequence[str] | None = None) -> dict[str, float]:
         rows = [self.per_query[i] for i in (ids if ids is not None else self.per_query)]
         return mean_metrics(rows)
+
+    def curve(self, ids: Sequence[str] | None = None) -> list[float]:
+        """Mean interpolated precision at each of RECALL_LEVELS over ``ids`` (default: all)."""
+        return mean_curve([self.curves[i] for i in (ids if ids is not None else self.curves)])
 
 
 @dataclass
@@ -64,7 +69,12 @@ class EvalReport:
                 "notes": self.notes,
                 "channels": {c.name: {"all": rounded(c.mean()), "answered": c.answered,
                                       "by_kind": {kind: rounded(c.mean(ids)) for kind, ids in self.kinds.items()}}
-                             for c in self.channels}}
+                             for c in self.channels},
+                "pr_curves": {"recall": list(RECALL_LEVELS),
+                              "precision": {c.name: {"all": [round(p, 4) for p in c.curve()],
+                                                     "by_kind": {kind: [round(p, 4) for p in c.curve(ids)]
+                                                                 for kind, ids in self.kinds.items()}}
+                                            for c in self.channels}}}
 
     def render(self) -> str:
         heads = {"p@k": f"P@{self.k}", "r@k": f"R@{self.k}", "f1@k": f"F1@{self.k}", "map": "mAP",
@@ -107,6 +117,7 @@ def evaluate(dataset: Dataset, service, channels: Sequence[str], k: int = 10, de
             ranked = [i for i in ranked_ids(service, q, chans, depth + (own is not None)) if i != own][:depth]
             result.answered += bool(ranked)
             result.per_query[q.id] = query_metrics(ranked, relevant, k)
+            result.curves[q.id] = pr_curve(ranked, relevant)
         if progress is not None:
             progress(1)
     return EvalReport(str(dataset.root), images, k, depth, kinds, results, notes)

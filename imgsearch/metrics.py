@@ -12,6 +12,9 @@ Kept free of any search or storage code so the numbers can be checked by hand
   (precision at recall r = the best precision at any recall >= r; 0 beyond the last recall
   reached), integrated over recall from 0 to 1. It is >= AP, equal when precision never
   rises along the ranking.
+- The precision-recall *curve* of a query is its interpolated precision at the recall levels
+  0, 0.1, ..., 1 (:data:`RECALL_LEVELS`); a channel's curve is the mean of its queries'
+  curves (macro, like mAP), which is what ``imgsearch eval --plot`` draws.
 - ``hit@n`` is 1 when a relevant item is among the first n results; ``MRR`` is the mean of
   1 / rank of the first relevant result (0 when none).
 """
@@ -22,6 +25,7 @@ from collections.abc import Hashable, Iterable, Sequence
 from statistics import fmean
 
 METRICS = ("p@k", "r@k", "f1@k", "map", "pr_auc", "mrr", "hit@1", "hit@5")
+RECALL_LEVELS = tuple(i / 10 for i in range(11))
 
 
 def precision_at(ranked: Sequence[Hashable], relevant: set, k: int) -> float:
@@ -52,22 +56,43 @@ def average_precision(ranked: Sequence[Hashable], relevant: set) -> float:
     return total / len(relevant)
 
 
-def pr_auc(ranked: Sequence[Hashable], relevant: set) -> float:
-    """Area under the interpolated precision-recall curve (see the module docstring)."""
+def _pr_points(ranked: Sequence[Hashable], relevant: set) -> list[tuple[float, float]]:
+    """(recall, precision) at the rank of each relevant item retrieved."""
     if not relevant:
         raise ValueError("a query needs at least one relevant item")
-    points = []  # (recall, precision) at each relevant hit
+    points = []
     hits = 0
     for rank, item in enumerate(ranked, 1):
         if item in relevant:
             hits += 1
             points.append((hits / len(relevant), hits / rank))
+    return points
+
+
+def pr_auc(ranked: Sequence[Hashable], relevant: set) -> float:
+    """Area under the interpolated precision-recall curve (see the module docstring)."""
+    points = _pr_points(ranked, relevant)
     area, previous_recall = 0.0, 0.0
     for i, (recall, _) in enumerate(points):
         best = max(p for _, p in points[i:])
         area += (recall - previous_recall) * best
         previous_recall = recall
     return area
+
+
+def pr_curve(ranked: Sequence[Hashable], relevant: set,
+             levels: Sequence[float] = RECALL_LEVELS) -> list[float]:
+    """Interpolated precision at each recall level: the best precision at any recall >= it
+    (0 beyond the last recall reached), the same interpolation as :func:`pr_auc`."""
+    points = _pr_points(ranked, relevant)
+    return [max((p for r, p in points if r >= level - 1e-12), default=0.0) for level in levels]
+
+
+def mean_curve(curves: Sequence[Sequence[float]]) -> list[float]:
+    """Macro average of per-query curves (each query counts once)."""
+    if not curves:
+        return [0.0] * len(RECALL_LEVELS)
+    return [fmean(values) for values in zip(*curves)]
 
 
 def reciprocal_rank(ranked: Sequence[Hashable], relevant: set) -> float:

@@ -117,3 +117,37 @@ def test_malformed_queries_file_names_the_line(tmp_path, line, message):
     (tmp_path / "queries.jsonl").write_text(line + "\n")
     with pytest.raises(DatasetError, match=message):
         load_dataset(tmp_path)
+
+
+def test_plot_draws_one_curve_per_channel_in_a_panel_per_query_kind(tiny, tmp_path, model_cache):
+    from PIL import Image
+
+    from imgsearch.plots import COLOURS
+
+    out = tmp_path / "pr.png"
+    proc = run(["eval", str(tiny), "--channels", "clip,phash", "-k", "2", "--depth", "10", "--json",
+                "--plot", str(out)], tmp_path / "data", model_cache)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    with Image.open(out) as img:
+        assert img.format == "PNG" and img.width > 900  # three panels side by side
+        drawn = json.loads(img.text["Description"])
+        pixels = img.convert("RGB").getdata()
+        colours = {f"#{r:02x}{g:02x}{b:02x}" for r, g, b in pixels}
+    assert drawn["recall"] == report["pr_curves"]["recall"] == [i / 10 for i in range(11)]
+    assert set(drawn["panels"]) == {"all queries", "kind: near-duplicate", "kind: description"}
+    for panel, curves in drawn["panels"].items():
+        assert sorted(curves) == ["clip", "fused", "phash"], panel  # one curve per channel, and fused
+    # the curves drawn are the report's: phash finds both copies first for every near-duplicate query
+    assert drawn["panels"]["kind: near-duplicate"]["phash"] == [1.0] * 11
+    assert drawn["panels"]["all queries"]["clip"] == report["pr_curves"]["precision"]["clip"]["all"]
+    assert {COLOURS["clip"], COLOURS["phash"], COLOURS["fused"]} <= colours
+    assert not {COLOURS["bm25"], COLOURS["dense"]} & colours  # channels not evaluated are not drawn
+
+
+def test_plot_path_is_checked_before_any_work(tiny, tmp_path, model_cache):
+    bad = run(["eval", str(tiny), "--plot", str(tmp_path / "curves.jpg")], tmp_path / "d", model_cache)
+    assert bad.returncode == 1 and "ending in .png" in bad.stderr and "Traceback" not in bad.stderr
+    missing = run(["eval", str(tiny), "--plot", str(tmp_path / "nope" / "pr.png")], tmp_path / "d", model_cache)
+    assert missing.returncode == 1 and "does not exist" in missing.stderr
+    assert not (tmp_path / "d" / "milvus.db").exists()  # refused before ingesting anything

@@ -40,6 +40,19 @@ def test_pr_auc_interpolates_precision():
     assert metrics.pr_auc([], RELEVANT) == 0.0
 
 
+def test_pr_curve_is_interpolated_precision_at_eleven_recall_levels():
+    # RANKED: points (.25, 1), (.5, 2/3), (.75, 3/5), recall 1 never reached.
+    # level 0-.25 -> 1; .3-.5 -> max(2/3, 3/5) = 2/3; .6-.75 -> 3/5; .8-1 -> 0
+    assert metrics.pr_curve(RANKED, RELEVANT) == pytest.approx(
+        [1, 1, 1, 2 / 3, 2 / 3, 2 / 3, 3 / 5, 3 / 5, 0, 0, 0])
+    # b a(rel) c(rel): precision rises from 1/2 to 2/3, so interpolation lifts every level to 2/3
+    assert metrics.pr_curve(["b", "a", "c"], {"a", "c"}) == pytest.approx([2 / 3] * 11)
+    assert metrics.pr_curve([], RELEVANT) == [0.0] * 11
+    # the channel's curve is the mean of its queries' curves
+    assert metrics.mean_curve([[1.0] * 11, [0.0] * 11]) == [0.5] * 11
+    assert metrics.mean_curve([]) == [0.0] * 11
+
+
 def test_reciprocal_rank_and_hits():
     assert metrics.reciprocal_rank(["b", "d", "c"], RELEVANT) == pytest.approx(1 / 3)
     assert metrics.reciprocal_rank(["b"], RELEVANT) == 0.0
