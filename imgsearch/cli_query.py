@@ -70,11 +70,11 @@ def search_via_queue(args, settings) -> list:
     """Run ``imgsearch search`` through the query workers (IMGSEARCH_REDIS_URL is set)."""
     from query.client import SearchClient
 
+    query = search_query(args, settings)
     client = SearchClient(settings=settings)
     try:
-        result = client.search(text=args.text, image=args.image, like=args.like, k=args.k,
-                               filters=parse_where(getattr(args, "where", [])), channels=parse_channels(args),
-                               must=getattr(args, "must", None) or None)
+        result = client.search(k=args.k, filters=parse_where(getattr(args, "where", [])),
+                               channels=parse_channels(args), must=getattr(args, "must", None) or None, **query)
     finally:
         client.close()
     return result.hits
@@ -85,10 +85,52 @@ def search_in_process(args, settings) -> list:
     from query.filters import compile_filters
     from query.search import SearchService
 
+    query = search_query(args, settings)
+    if "image_uri" in query:  # the user's own credentials, in the user's own process
+        from query.fetch import fetch_query_image
+
+        query = {"image": fetch_query_image(query["image_uri"], settings, any_bucket=True)}
     expr = compile_filters(parse_where(getattr(args, "where", [])))
     service = SearchService(settings)
-    return service.search(text=args.text, image=args.image, like=args.like, k=args.k, filter_expr=expr,
-                          channels=parse_channels(args), must=getattr(args, "must", None) or None)
+    return service.search(k=args.k, filter_expr=expr, channels=parse_channels(args),
+                          must=getattr(args, "must", None) or None, **query)
+
+
+def search_query(args, settings) -> dict:
+    """``--text`` / ``--image`` / ``--like`` -> the one query keyword for the client or service.
+
+    ``--image`` is an ``s3://`` URI (fetched by a worker) or a file the CLI reads itself, as
+    the user running it, with a bounded read; ``--like`` of ASCII digits is an id."""
+    if args.text is not None:
+        return {"text": args.text}
+    if args.like is not None:
+        like = args.like.strip()
+        return {"like": int(like) if like.isascii() and like.isdecimal() else like}
+    if args.image.startswith("s3://"):
+        return {"image_uri": args.image}
+    return {"image": read_image_file(args.image, settings.query_max_image_bytes)}
+
+
+def read_image_file(name: str, limit: int) -> bytes:
+    """At most ``limit`` bytes of a regular file (a device or a FIFO is refused, not read)."""
+    import os
+    import stat
+    from pathlib import Path
+
+    from common.errors import QueryError, QueryTooLarge
+
+    path = Path(name).expanduser()
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO must not block the open
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise QueryError(f"query image {name!r} is not a regular file")
+            data = fh.read(limit + 1)
+    except OSError as exc:
+        raise QueryError(f"cannot read query image {name!r}: {exc.strerror or exc}") from None
+    if len(data) > limit:
+        raise QueryTooLarge(f"query image {name!r} is larger than IMGSEARCH_QUERY_MAX_IMAGE_BYTES ({limit} bytes)")
+    return data
 
 
 def parse_channels(args) -> list[str] | None:
