@@ -143,7 +143,14 @@ def _shrink(img: Image.Image, max_side: int) -> Image.Image:
             img = img.resize((max(1, round(w * scale * 2)), max(1, round(h * scale * 2))),
                              Image.Resampling.NEAREST)
         img = img.convert("RGBA" if img.mode == "PA" or "transparency" in img.info else "RGB")
-    return img.resize(size, Image.Resampling.LANCZOS, reducing_gap=2.0)
+    factor = int(max(w, h) / max_side / 2)
+    if factor >= 2 and img.mode in ("RGBA", "LA"):
+        # box-average by a whole factor first, one band at a time: Pillow's reduce/resize of
+        # an alpha image first makes a premultiplied full-size copy (+1 copy of the picture)
+        img = Image.merge(img.mode, [img.getchannel(band).reduce(factor) for band in img.getbands()])
+    elif factor >= 2 and img.mode not in ("P", "1", "PA", "I;16", "I;16B", "I;16L", "I;16N"):
+        img = img.reduce(factor)
+    return img.resize(size, Image.Resampling.LANCZOS)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
