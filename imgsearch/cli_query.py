@@ -66,11 +66,34 @@ def parse_where(items: list[str]) -> list[dict]:
     return out
 
 
+def checked_query(args, settings) -> dict:
+    """The query keyword of ``search`` after the checks a worker would make (k, channels,
+    must, filters, ids in range, text that encodes), done before any model or server work."""
+    from common.errors import QueryError
+    from query.filters import parse_filters
+    from query.protocol import check_like
+    from query.vocabulary import check_k, check_must, check_text, resolve_channels
+
+    query = search_query(args, settings)
+    check_k(args.k)
+    (kind, value), = query.items()
+    check_text(value, f"--{kind.replace('image_uri', 'image')}")
+    if kind == "like":
+        try:
+            check_like(value)
+        except QueryError as exc:
+            raise QueryError(f"--like takes an image id (1 to 2**63-1) or an indexed URI: {exc}") from None
+    resolve_channels(kind, parse_channels(args))
+    check_must(getattr(args, "must", None) or None)
+    parse_filters(parse_where(getattr(args, "where", [])))
+    return query
+
+
 def search_via_queue(args, settings) -> list:
     """Run ``imgsearch search`` through the query workers (IMGSEARCH_REDIS_URL is set)."""
     from query.client import SearchClient
 
-    query = search_query(args, settings)
+    query = checked_query(args, settings)
     client = SearchClient(settings=settings)
     try:
         result = client.search(k=args.k, filters=parse_where(getattr(args, "where", [])),
@@ -85,7 +108,7 @@ def search_in_process(args, settings) -> list:
     from query.filters import compile_filters
     from query.search import SearchService
 
-    query = search_query(args, settings)
+    query = checked_query(args, settings)
     if "image_uri" in query:  # the user's own credentials, in the user's own process
         from query.fetch import fetch_query_image
 
@@ -107,7 +130,13 @@ def search_query(args, settings) -> dict:
         like = args.like.strip()
         return {"like": int(like) if like.isascii() and like.isdecimal() else like}
     if args.image.startswith("s3://"):
-        return {"image_uri": args.image}
+        from common.errors import QueryError
+        from query.protocol import check_image_uri
+
+        try:
+            return {"image_uri": check_image_uri(args.image)}
+        except QueryError as exc:
+            raise QueryError(f"--image: {exc}") from None
     return {"image": read_image_file(args.image, settings.query_max_image_bytes)}
 
 
