@@ -196,6 +196,10 @@ def cmd_serve(args, settings) -> int:
         raise ConfigError("serve needs IMGSEARCH_REDIS_URL")
     settings = settings.with_overrides(gateway_host=args.host, gateway_port=args.port)
     print(f"gateway on http://{settings.gateway_host}:{settings.gateway_port}", file=sys.stderr, flush=True)
+    if not settings.gateway_api_key and settings.gateway_host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"imgsearch: warning: no IMGSEARCH_GATEWAY_API_KEY and bound to {settings.gateway_host}: anyone who "
+              "reaches this address can search (Host header must be in IMGSEARCH_GATEWAY_TRUSTED_HOSTS)",
+              file=sys.stderr, flush=True)
     uvicorn.run(create_app(settings), host=settings.gateway_host, port=settings.gateway_port,
                 log_level=settings.log_level.lower())
     return 0
