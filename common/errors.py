@@ -28,7 +28,40 @@ class CollectionNotFoundError(ImgsearchError):
 
 
 class QueryError(ImgsearchError):
-    """A malformed query (empty text, unreadable query image, unknown id)."""
+    """A query the caller must fix (empty text, bad filter, bad query image, unknown id).
+
+    ``code`` is the error code of the reply (``query.vocabulary``): the worker and gateway map
+    an error to its code and HTTP status by its type, never by its message."""
+
+    code = "bad_request"
+
+
+class QueryNotFound(QueryError):
+    """Nothing to search by: ``like`` names no indexed image, or an ``image_uri`` cannot be
+    read. A missing key, a missing bucket and a bucket the caller may not name all raise this
+    with the same message, so the error tells nothing about what exists."""
+
+    code = "not_found"
+
+
+class QueryTooLarge(QueryError):
+    """A query image (bytes or pixels) or a request body over its limit."""
+
+    code = "too_large"
+
+
+class BadQueryImage(QueryError):
+    """A query image that does not decode; ``reason`` is one of :data:`IMAGE_REASONS`."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(f"bad query image ({reason}): {message}")
+        self.reason = reason
+
+
+class QueryOverloaded(QueryError):
+    """The request backlog is over its bound: the request was not queued; retry later."""
+
+    code = "overloaded"
 
 
 class ImageError(ImgsearchError):

@@ -104,6 +104,27 @@ class Settings:
     gateway_port: int = field(default=8080, metadata={"help": "Port `imgsearch serve` listens on."})
     gateway_api_key: str = field(default="", metadata=_secret(
         "API key the gateway requires in the X-API-Key header. Empty: no auth."))
+    # -- query side under attack (issue 12): what callers may name, bounded cost ------------
+    query_uri_buckets: str = field(default="", metadata={
+        "help": "Comma-separated S3 buckets a query's image_uri may name (workers fetch them with "
+                "bounded reads). Empty: image URIs are refused."})
+    query_max_image_pixels: int = field(default=40_000_000, metadata={
+        "help": "Query images with more pixels are refused (too_large) from their header; accepted "
+                "ones are scaled down once to 1024 px before CLIP, phash variants and OCR."})
+    query_max_backlog: int = field(default=500, metadata={
+        "help": "Requests waiting in the stream above which clients refuse new ones (overloaded; the "
+                "gateway answers 503 with Retry-After)."})
+    query_stream_max_len: int = field(default=1000, metadata={
+        "help": "Hard cap of the request stream (XADD MAXLEN ~): the oldest entries go beyond it. "
+                "Must be >= IMGSEARCH_QUERY_MAX_BACKLOG."})
+    gateway_trusted_hosts: str = field(default="", metadata={
+        "help": "Comma-separated Host header values the gateway answers (DNS-rebinding guard; * = "
+                "any). Empty: localhost, 127.0.0.1, ::1 and IMGSEARCH_GATEWAY_HOST when no API key is "
+                "set, any host with a key."})
+    gateway_max_body_bytes: int = field(default=1024 * 1024, metadata={
+        "help": "Largest request body the gateway reads besides a query image (JSON fields, form "
+                "fields); image routes add IMGSEARCH_QUERY_MAX_IMAGE_BYTES (base64 for JSON). Over "
+                "it: 413 while reading."})
     # -- web page (issue 7: thumbnails, results graph, collection map) ----------------------
     thumb_max_size: int = field(default=512, metadata={
         "help": "Largest thumbnail edge (pixels) the gateway renders for the web page."})
@@ -259,6 +280,27 @@ class Settings:
         """True when no Redis is configured: stages run in-process."""
         return not self.redis_url
 
+    def query_buckets(self) -> frozenset[str]:
+        """Buckets a query's ``image_uri`` may name (IMGSEARCH_QUERY_URI_BUCKETS)."""
+        import re
+
+        buckets = _split_list(self.query_uri_buckets)
+        bad = [b for b in buckets if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", b)]
+        if bad:
+            raise ConfigError(f"{PREFIX}QUERY_URI_BUCKETS takes S3 bucket names, got {', '.join(map(repr, bad))}")
+        return frozenset(buckets)
+
+    def trusted_hosts(self) -> frozenset[str] | None:
+        """Host header values the gateway answers (lower case, no port); None: any host."""
+        hosts = _split_list(self.gateway_trusted_hosts.lower())
+        if "*" in hosts:
+            return None
+        if not hosts:
+            if self.gateway_api_key:
+                return None
+            hosts = ("localhost", "127.0.0.1", "::1", self.gateway_host.lower())
+        return frozenset(h.strip("[]") for h in hosts)
+
     def effective_milvus_uri(self) -> str:
         """The Milvus server URI, or the Milvus Lite database file in the data dir."""
         return self.milvus_uri or str(self.data_dir / "milvus.db")
@@ -271,17 +313,44 @@ class Settings:
             shown = str(value)
             if f.metadata.get("secret") and value:
                 shown = "****"
-            elif "://" in shown and "@" in shown:  # credentials inside a URL
-                scheme, rest = shown.split("://", 1)
-                shown = f"{scheme}://****@{rest.rsplit('@', 1)[1]}"
+            elif "://" in shown:
+                shown = mask_url(shown)
             rows.append((PREFIX + f.name.upper(), shown, f.metadata.get("help", "")))
         return rows
+
+
+# query-string parameters whose values are credentials (redis://h/0?password=..., ?X-Amz-Signature=...)
+_SECRET_PARAM = ("pass", "pwd", "secret", "token", "key", "sig", "auth", "cred")
+
+
+def mask_url(url: str) -> str:
+    """``url`` with the password of its userinfo and credential-like query values as ``****``."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "****"
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "****@" + netloc.rsplit("@", 1)[1]
+    query = "&".join(_mask_param(p) for p in parts.query.split("&")) if parts.query else ""
+    fragment = "****" if parts.fragment else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, fragment))
+
+
+def _mask_param(param: str) -> str:
+    name, sep, value = param.partition("=")
+    if sep and value and any(word in name.lower() for word in _SECRET_PARAM):
+        return f"{name}=****"
+    return param
 
 
 def _validate_query(settings: "Settings") -> None:
     """Checks for the query block (issue 4), kept apart so the blocks merge cleanly."""
     for name in ("query_reply_ttl_s", "query_claim_timeout_ms", "query_max_batch", "query_timeout_ms",
-                 "query_max_image_bytes", "gateway_port"):
+                 "query_max_image_bytes", "gateway_port", "query_max_image_pixels", "query_max_backlog",
+                 "query_stream_max_len", "gateway_max_body_bytes"):
         if getattr(settings, name) < 1:
             raise ConfigError(f"{PREFIX}{name.upper()} must be >= 1, got {getattr(settings, name)}")
     if settings.query_alias_check_ms < 0:
@@ -290,6 +359,16 @@ def _validate_query(settings: "Settings") -> None:
         raise ConfigError(f"{PREFIX}QUERY_MAX_WAIT_MS must be >= 0, got {settings.query_max_wait_ms}")
     if not settings.query_stream or not settings.query_group:
         raise ConfigError(f"{PREFIX}QUERY_STREAM and {PREFIX}QUERY_GROUP must not be empty")
+    if settings.query_stream_max_len < settings.query_max_backlog:
+        raise ConfigError(f"{PREFIX}QUERY_STREAM_MAX_LEN ({settings.query_stream_max_len}) must be >= "
+                          f"{PREFIX}QUERY_MAX_BACKLOG ({settings.query_max_backlog}), or queued requests "
+                          "are trimmed before clients see the backlog")
+    settings.query_buckets()
+    settings.trusted_hosts()
+
+
+def _split_list(raw: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(p.strip() for p in raw.split(",") if p.strip()))
 
 
 def _validate_schedules(settings: "Settings") -> None:

@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "the collection was built with. Exactly one of --text/--image/--like.")
     q = s.add_mutually_exclusive_group(required=True)
     q.add_argument("--text", help="a description, e.g. 'a red sneaker'")
-    q.add_argument("--image", type=Path, help="path of a query image")
+    q.add_argument("--image", metavar="FILE|s3://...", help="a query image: a file (read here) or an s3:// URI "
+                   "(fetched by a query worker from a bucket in IMGSEARCH_QUERY_URI_BUCKETS)")
     q.add_argument("--like", metavar="ID", help="id (or URI) of an indexed image; it is left out")
     s.add_argument("-k", type=int, default=10, help="number of results (1-1000, default 10)")
     s.add_argument("--json", action="store_true",
@@ -84,14 +85,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; never a traceback, whatever the arguments (exit codes above)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing downloads weights at run time
+    for stream in (sys.stdout, sys.stderr):  # argv may hold undecodable bytes (lone surrogates)
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError):
+            pass
     parser = build_parser()
     args = parser.parse_args(argv)
     from common.errors import ImgsearchError
     from common.logs import setup_logging
-    from common.settings import Settings
 
     try:
+        from common.settings import Settings
+
         settings = Settings.from_env(data_dir=args.data_dir, collection=args.collection)
         if getattr(args, "batch_size", None) is not None:
             settings = settings.with_overrides(batch_size=args.batch_size)
@@ -103,10 +111,23 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("imgsearch: interrupted", file=sys.stderr)
         return 130
-    finally:
-        from common.store import close_clients
+    except BrokenPipeError:  # `imgsearch search ... | head`: the reader left, nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    except Exception as exc:  # a bug or an unexpected fault: a clear line, the traceback only in the log
+        import logging
 
-        close_clients()
+        logging.getLogger("imgsearch").debug("unexpected error", exc_info=True)
+        print(f"imgsearch: error: unexpected {type(exc).__name__}: {str(exc)[:500]} "
+              "(IMGSEARCH_LOG_LEVEL=DEBUG logs the traceback)", file=sys.stderr)
+        return EXIT_ERROR
+    finally:
+        try:
+            from common.store import close_clients
+
+            close_clients()
+        except Exception:
+            pass
 
 
 def cmd_ingest(args, settings) -> int:

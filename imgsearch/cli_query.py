@@ -66,15 +66,38 @@ def parse_where(items: list[str]) -> list[dict]:
     return out
 
 
+def checked_query(args, settings) -> dict:
+    """The query keyword of ``search`` after the checks a worker would make (k, channels,
+    must, filters, ids in range, text that encodes), done before any model or server work."""
+    from common.errors import QueryError
+    from query.filters import parse_filters
+    from query.protocol import check_like
+    from query.vocabulary import check_k, check_must, check_text, resolve_channels
+
+    query = search_query(args, settings)
+    check_k(args.k)
+    (kind, value), = query.items()
+    check_text(value, f"--{kind.replace('image_uri', 'image')}")
+    if kind == "like":
+        try:
+            check_like(value)
+        except QueryError as exc:
+            raise QueryError(f"--like takes an image id (1 to 2**63-1) or an indexed URI: {exc}") from None
+    resolve_channels(kind, parse_channels(args))
+    check_must(getattr(args, "must", None) or None)
+    parse_filters(parse_where(getattr(args, "where", [])))
+    return query
+
+
 def search_via_queue(args, settings) -> list:
     """Run ``imgsearch search`` through the query workers (IMGSEARCH_REDIS_URL is set)."""
     from query.client import SearchClient
 
+    query = checked_query(args, settings)
     client = SearchClient(settings=settings)
     try:
-        result = client.search(text=args.text, image=args.image, like=args.like, k=args.k,
-                               filters=parse_where(getattr(args, "where", [])), channels=parse_channels(args),
-                               must=getattr(args, "must", None) or None)
+        result = client.search(k=args.k, filters=parse_where(getattr(args, "where", [])),
+                               channels=parse_channels(args), must=getattr(args, "must", None) or None, **query)
     finally:
         client.close()
     return result.hits
@@ -85,10 +108,58 @@ def search_in_process(args, settings) -> list:
     from query.filters import compile_filters
     from query.search import SearchService
 
+    query = checked_query(args, settings)
+    if "image_uri" in query:  # the user's own credentials, in the user's own process
+        from query.fetch import fetch_query_image
+
+        query = {"image": fetch_query_image(query["image_uri"], settings, any_bucket=True)}
     expr = compile_filters(parse_where(getattr(args, "where", [])))
     service = SearchService(settings)
-    return service.search(text=args.text, image=args.image, like=args.like, k=args.k, filter_expr=expr,
-                          channels=parse_channels(args), must=getattr(args, "must", None) or None)
+    return service.search(k=args.k, filter_expr=expr, channels=parse_channels(args),
+                          must=getattr(args, "must", None) or None, **query)
+
+
+def search_query(args, settings) -> dict:
+    """``--text`` / ``--image`` / ``--like`` -> the one query keyword for the client or service.
+
+    ``--image`` is an ``s3://`` URI (fetched by a worker) or a file the CLI reads itself, as
+    the user running it, with a bounded read; ``--like`` of ASCII digits is an id."""
+    if args.text is not None:
+        return {"text": args.text}
+    if args.like is not None:
+        like = args.like.strip()
+        return {"like": int(like) if like.isascii() and like.isdecimal() else like}
+    if args.image.startswith("s3://"):
+        from common.errors import QueryError
+        from query.protocol import check_image_uri
+
+        try:
+            return {"image_uri": check_image_uri(args.image)}
+        except QueryError as exc:
+            raise QueryError(f"--image: {exc}") from None
+    return {"image": read_image_file(args.image, settings.query_max_image_bytes)}
+
+
+def read_image_file(name: str, limit: int) -> bytes:
+    """At most ``limit`` bytes of a regular file (a device or a FIFO is refused, not read)."""
+    import os
+    import stat
+    from pathlib import Path
+
+    from common.errors import QueryError, QueryTooLarge
+
+    path = Path(name).expanduser()
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO must not block the open
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise QueryError(f"query image {name!r} is not a regular file")
+            data = fh.read(limit + 1)
+    except OSError as exc:
+        raise QueryError(f"cannot read query image {name!r}: {exc.strerror or exc}") from None
+    if len(data) > limit:
+        raise QueryTooLarge(f"query image {name!r} is larger than IMGSEARCH_QUERY_MAX_IMAGE_BYTES ({limit} bytes)")
+    return data
 
 
 def parse_channels(args) -> list[str] | None:
@@ -125,6 +196,10 @@ def cmd_serve(args, settings) -> int:
         raise ConfigError("serve needs IMGSEARCH_REDIS_URL")
     settings = settings.with_overrides(gateway_host=args.host, gateway_port=args.port)
     print(f"gateway on http://{settings.gateway_host}:{settings.gateway_port}", file=sys.stderr, flush=True)
+    if not settings.gateway_api_key and settings.gateway_host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"imgsearch: warning: no IMGSEARCH_GATEWAY_API_KEY and bound to {settings.gateway_host}: anyone who "
+              "reaches this address can search (Host header must be in IMGSEARCH_GATEWAY_TRUSTED_HOSTS)",
+              file=sys.stderr, flush=True)
     uvicorn.run(create_app(settings), host=settings.gateway_host, port=settings.gateway_port,
                 log_level=settings.log_level.lower())
     return 0

@@ -44,7 +44,7 @@ def run_demo(settings: Settings, as_json: bool = False, progress: bool = True) -
         hits = service.search_text(text, 10)
         report["queries"].append(_entry(f"text: {text!r}", expected, hits))
     probe = next(iter(sorted((SAMPLES_DIR / "ankle-boot").glob("*.png"))))
-    hits = service.search_image(probe, 10)
+    hits = service.search_image(probe.read_bytes(), 10)
     report["queries"].append(_entry(f"image: {probe.relative_to(SAMPLES_DIR)}", "ankle-boot", hits))
     if as_json:
         print(json.dumps(report, indent=2))

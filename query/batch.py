@@ -4,9 +4,14 @@ Concurrent requests are cheap to answer together: all text queries go through ON
 ``encode_texts`` call, all image queries through ONE ``encode_images`` call, and requests
 that share k, filter and exclusions go to Milvus in ONE search. Requests for several
 channels (or with ``must`` words) go through :meth:`SearchService.search_many`, which
-likewise encodes the whole batch with one call per model, then searches and fuses each. One bad request (an
-undecodable image, an unknown id) gets its own error reply; the rest of the batch is
-answered normally. Nothing here knows about Redis.
+likewise encodes the whole batch with one call per model, then searches and fuses each.
+
+Isolation: every request gets its own reply, and one request's failure never changes
+another's answer. Per-request work (fetch, decode, lookup) fails alone; a batched step
+(an encoder call, a shared Milvus search) that fails is repeated one request at a time
+(:func:`query.isolation.run_isolated`), so only the guilty request gets the error. Errors
+map to reply codes by type (:meth:`Reply.failed`), never by their text. Nothing here knows
+about Redis.
 """
 
 from __future__ import annotations
@@ -16,11 +21,11 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from common.errors import ImageError, ImgsearchError, QueryError
-from common.images import decode_image
+from common.errors import QueryError
 from common.settings import Settings
 from query.fusion import FusedHit
-from query.protocol import BAD_REQUEST, NOT_FOUND, SERVER_ERROR, Reply, Request
+from query.isolation import run_isolated
+from query.protocol import SERVER_ERROR, Reply, Request
 from query.search import Query, SearchService
 
 log = logging.getLogger(__name__)
@@ -57,112 +62,74 @@ class BatchSearcher:
             load_ocr(self.settings).predict([Image.new("RGB", (64, 64), "white")])
 
     def answer(self, requests: Sequence[Request]) -> dict[str, Reply]:
-        """request id -> reply, for every request given (errors included)."""
+        """request id -> reply, for every request given (errors included); never raises."""
         replies: dict[str, Reply] = {}
-        pending: list[_Pending] = []
+
+        def failed(r: Request, exc: Exception) -> None:
+            if not isinstance(exc, QueryError):
+                log.error("request failed", exc_info=exc, extra={"request": r.id, "kind": r.kind})
+            replies[r.id] = Reply.failed(r.id, exc)
+
         hybrid = [r for r in requests if not r.plain_clip]
-        if hybrid:
-            self._guard(hybrid, replies, lambda: self._hybrid(hybrid, replies))
-        requests = [r for r in requests if r.plain_clip]
-        texts = [r for r in requests if r.kind == "text"]
-        images = [r for r in requests if r.kind in ("image", "image_uri")]
-        likes = [r for r in requests if r.kind == "like"]
-        if texts:
-            self._guard(texts, replies, lambda: pending.extend(
-                _Pending(r, v) for r, v in zip(texts, self.service.model.encode_texts([r.text for r in texts]))))
-        if images:
-            self._guard(images, replies, lambda: pending.extend(self._encode_images(images, replies)))
-        for r in likes:
-            try:
-                row = self.service.lookup(r.like)
-            except QueryError as exc:
-                code = NOT_FOUND if "no indexed image" in str(exc) else BAD_REQUEST
-                replies[r.id] = Reply.error(r.id, code, str(exc))
-                continue
-            except Exception as exc:  # Milvus down, ...: the caller learns it was not its fault
-                log.exception("lookup failed", extra={"request": r.id})
-                replies[r.id] = Reply.error(r.id, SERVER_ERROR, f"lookup failed: {exc}")
-                continue
-            pending.append(_Pending(r, row["clip"], (int(row["id"]),)))
-        self._search(pending, replies)
+        run_isolated(hybrid, lambda rs: self._hybrid(rs, replies), failed)
+        plain = [r for r in requests if r.plain_clip]
+        if plain:
+            self._plain(plain, replies, failed)
+        for r in requests:
+            replies.setdefault(r.id, Reply.error(r.id, SERVER_ERROR, "no answer produced"))
         return replies
 
     def _hybrid(self, requests: Sequence[Request], replies: dict[str, Reply]) -> None:
         """Several channels and/or must words: one search_many call for all of them."""
-        queries, asked = [], []
-        for r in requests:
-            query = Query("image" if r.kind == "image_uri" else r.kind, text=r.text, like=r.like, k=r.k,
-                          filter_expr=r.filter_expr, channels=r.channels, must=r.must)
-            if r.kind == "image_uri":
-                try:
-                    query.image = self._fetch(r.image_uri or "")
-                except (ImageError, ImgsearchError) as exc:
-                    replies[r.id] = Reply.error(r.id, BAD_REQUEST, getattr(exc, "message", None) or str(exc))
-                    continue
-            elif r.kind == "image":
-                query.image = r.image
-            queries.append(query)
-            asked.append(r)
-        for r, result in zip(asked, self.service.search_many(queries)):
-            if isinstance(result, Exception):
-                code = NOT_FOUND if "no indexed image" in str(result) else BAD_REQUEST
-                replies[r.id] = Reply.error(r.id, code, str(result))
-            else:
-                replies[r.id] = Reply(r.id, True, result)
+        queries = [Query("image" if r.kind == "image_uri" else r.kind, text=r.text, image=r.image,
+                         image_uri=r.image_uri, like=r.like, k=r.k, filter_expr=r.filter_expr,
+                         channels=r.channels, must=r.must) for r in requests]
+        for r, result in zip(requests, self.service.search_many(queries), strict=True):
+            replies[r.id] = Reply.failed(r.id, result) if isinstance(result, Exception) else Reply(r.id, True, result)
 
-    def _encode_images(self, requests: Sequence[Request], replies: dict[str, Reply]) -> list[_Pending]:
-        decoded, ok = [], []
+    def _plain(self, requests: Sequence[Request], replies: dict[str, Reply], failed) -> None:
+        """The CLIP channel alone: batched encoder calls, then one Milvus search per group."""
+        pending: dict[str, _Pending] = {}
+        texts = [r for r in requests if r.kind == "text"]
+
+        def encode_texts(rs: Sequence[Request]) -> None:
+            for r, v in zip(rs, self.service.model.encode_texts([r.text for r in rs]), strict=True):
+                pending[r.id] = _Pending(r, v)
+
+        run_isolated(texts, encode_texts, failed)
+        decoded: dict[str, object] = {}
         for r in requests:
             try:
-                data = r.image if r.kind == "image" else self._fetch(r.image_uri or "")
-                img = decode_image(data, min(self.settings.max_image_bytes, self.settings.query_max_image_bytes),
-                                   self.settings.max_image_pixels)
-            except ImageError as exc:
-                replies[r.id] = Reply.error(r.id, BAD_REQUEST, f"bad query image ({exc.reason}): {exc.message}")
-                continue
-            except ImgsearchError as exc:
-                replies[r.id] = Reply.error(r.id, BAD_REQUEST, str(exc))
-                continue
-            decoded.append(img.image)
-            ok.append(r)
-        if not ok:
-            return []
-        vectors = self.service.model.encode_images(decoded)
-        return [_Pending(r, v) for r, v in zip(ok, vectors)]
+                if r.kind in ("image", "image_uri"):
+                    data = r.image
+                    if r.kind == "image_uri":
+                        from query.fetch import fetch_query_image
 
-    def _fetch(self, uri: str) -> bytes:
-        from common.sources import fetcher_for
+                        data = fetch_query_image(r.image_uri or "", self.settings)
+                    decoded[r.id] = self.service.decode_query(data)
+                elif r.kind == "like":
+                    row = self.service.lookup(r.like)
+                    pending[r.id] = _Pending(r, row["clip"], (int(row["id"]),))
+            except Exception as exc:
+                failed(r, exc)
 
-        try:
-            return fetcher_for(uri, self.settings).fetch(uri, self.settings.query_max_image_bytes)
-        except ImageError:
-            raise
-        except Exception as exc:
-            raise QueryError(f"cannot fetch query image {uri}: {exc}") from None
+        def encode_images(rs: Sequence[Request]) -> None:
+            vectors = self.service.model.encode_images([decoded[r.id] for r in rs])
+            for r, v in zip(rs, vectors, strict=True):
+                pending[r.id] = _Pending(r, v)
 
-    def _search(self, pending: list[_Pending], replies: dict[str, Reply]) -> None:
+        run_isolated([r for r in requests if r.id in decoded], encode_images, failed)
         groups: dict[tuple, list[_Pending]] = defaultdict(list)
-        for p in pending:
-            groups[(p.request.k, p.request.filter_expr, p.exclude)].append(p)
+        for r in requests:  # in request order, so a batch's answers do not depend on dict order
+            p = pending.get(r.id)
+            if p is not None and r.id not in replies:
+                groups[(r.k, r.filter_expr, p.exclude)].append(p)
         for (k, expr, exclude), members in groups.items():
-            def run(members=members, k=k, expr=expr, exclude=exclude) -> None:
-                results = self.service.search_vectors([m.vector for m in members], k, list(exclude), expr)
-                for m, hits in zip(members, results):
+            def search(ms: Sequence[_Pending], k=k, expr=expr, exclude=exclude) -> None:
+                results = self.service.search_vectors([m.vector for m in ms], k, list(exclude), expr)
+                for m, hits in zip(ms, results, strict=True):
                     fused = [FusedHit(h.id, h.uri, h.score, {"clip": {"rank": n, "score": round(h.score, 6)}})
                              for n, h in enumerate(hits, 1)]
                     replies[m.request.id] = Reply(m.request.id, True, fused)
 
-            self._guard([m.request for m in members], replies, run)
-
-    @staticmethod
-    def _guard(requests: Sequence[Request], replies: dict[str, Reply], step) -> None:
-        """Run one batched step; on failure every request in it gets an error reply."""
-        try:
-            step()
-        except QueryError as exc:
-            for r in requests:
-                replies.setdefault(r.id, Reply.error(r.id, BAD_REQUEST, str(exc)))
-        except Exception as exc:
-            log.exception("batch step failed", extra={"requests": len(requests)})
-            for r in requests:
-                replies.setdefault(r.id, Reply.error(r.id, SERVER_ERROR, f"{type(exc).__name__}: {exc}"))
+            run_isolated(members, search, lambda m, exc: failed(m.request, exc))

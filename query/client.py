@@ -3,19 +3,31 @@
 ``SearchClient(redis_url).search(text="a red sneaker", k=10)`` adds a request to the stream
 and blocks on its reply list (``BLPOP``) until the request's deadline. Exactly one reply is
 taken: workers write at most one (see :mod:`query.worker`), and on timeout the client marks
-the request settled so a late worker does not answer into the void.
+the request settled (and deletes its entry) so a late worker does not answer into the void.
+
+A request is checked here by the protocol's own parser (:func:`query.protocol.request_from_doc`)
+before it is sent, so the client refuses exactly what a worker would. Query images are
+bytes or an ``s3://`` URI the worker fetches; the client never reads a file, whatever it
+is given (the gateway sits on it).
+
+Backpressure: a Lua script adds the request only while the stream holds fewer than
+``IMGSEARCH_QUERY_MAX_BACKLOG`` entries, and always with ``XADD MAXLEN ~
+IMGSEARCH_QUERY_STREAM_MAX_LEN``; over the bound the call fails fast with :class:`Overloaded`.
 
 Errors are typed: :class:`SearchTimeout` (no answer before the deadline),
-:class:`BadRequest` (the request is wrong; ``code`` says how), :class:`ServerError`
-(a worker or Redis failed). :class:`AsyncSearchClient` is the same over ``redis.asyncio``.
+:class:`BadRequest` (the request is wrong; ``code`` says how: bad_request, not_found,
+too_large), :class:`Overloaded` (backlog over its bound; retry after ``retry_after`` s),
+:class:`ServerError` (a worker or Redis failed). :class:`AsyncSearchClient` is the same
+over ``redis.asyncio``.
 """
 
 from __future__ import annotations
 
+import base64
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
 
 import redis
 import redis.asyncio as aioredis
@@ -23,13 +35,10 @@ import redis.asyncio as aioredis
 from common.errors import QueryError
 from common.settings import Settings
 from common.store import Hit
-from query.filters import Filter, parse_filters
+from query.filters import Filter
 from query.fusion import FusedHit
 from query.protocol import (
-    BAD_REQUEST,
     HEARTBEAT_FRESH_MS,
-    NOT_FOUND,
-    SERVER_ERROR,
     ProtocolError,
     Reply,
     Request,
@@ -38,8 +47,27 @@ from query.protocol import (
     now_ms,
     parse_reply,
     reply_key,
+    request_from_doc,
 )
-from query.search import check_must, resolve_channels
+from query.vocabulary import (
+    BAD_REQUEST,
+    CALLER_CODES,
+    MAX_TIMEOUT_MS,
+    OVERLOADED,
+    RETRY_AFTER_S,
+    SCHEMA_VERSION,
+    SERVER_ERROR,
+    TIMEOUT,
+)
+
+# KEYS: the stream. ARGV: backlog bound, stream cap, then the entry's field/value pairs.
+# Returns the entry id, or false (nil) when the backlog is over the bound (nothing added).
+ADD_SCRIPT = """
+if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then
+  return false
+end
+return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3))
+"""
 
 
 class SearchError(QueryError):
@@ -51,15 +79,23 @@ class SearchError(QueryError):
 class SearchTimeout(SearchError):
     """No worker answered before the deadline (none running, overloaded, or all died)."""
 
-    code = "timeout"
+    code = TIMEOUT
 
 
 class BadRequest(SearchError):
-    """The request was refused: malformed, unknown filter field, bad image, unknown id."""
+    """The request was refused: malformed, unknown filter field, bad image, unknown id;
+    ``code`` is bad_request, not_found or too_large."""
 
     def __init__(self, message: str, code: str = BAD_REQUEST):
         super().__init__(message)
         self.code = code
+
+
+class Overloaded(SearchError):
+    """The request backlog is over IMGSEARCH_QUERY_MAX_BACKLOG: not queued; retry later."""
+
+    code = OVERLOADED
+    retry_after = RETRY_AFTER_S
 
 
 class ServerError(SearchError):
@@ -77,48 +113,61 @@ class SearchResult:
     extra: dict = field(default_factory=dict)
 
 
-def build_request(text: str | None = None, image: bytes | str | Path | None = None, like: int | str | None = None,
+def build_request(text: str | None = None, image: bytes | str | None = None, like: int | str | None = None,
                   k: int = 10, filters: Sequence[Filter | dict] | None = None, timeout_s: float = 10.0,
                   channels: Sequence[str] | None = None, must: Sequence[str] | None = None,
-                  max_image_bytes: int = 10 * 1024 * 1024) -> Request:
-    """Check what can be checked locally (one query, filters, image size) and make a request.
+                  max_image_bytes: int = 10 * 1024 * 1024, image_uri: str | None = None) -> Request:
+    """A request checked by the protocol's parser (BadRequest with the reply's code if not).
 
-    ``image`` is bytes, a local file path (read here, sent as bytes) or an ``s3://`` URI
-    (fetched by the worker).
+    ``image`` is bytes, or an ``s3://`` URI (fetched by a worker, from an allowed bucket);
+    ``image_uri`` says the latter explicitly. Anything else (a path, a file name) is refused:
+    the client never reads files, so nothing that forwards a caller's value through it (the
+    gateway) can be made to read one. A program with a file reads it and passes the bytes.
     """
-    given = [name for name, value in (("text", text), ("image", image), ("like", like)) if value is not None]
+    if isinstance(image, str) and image_uri is None:
+        image, image_uri = None, image
+        if not image_uri.startswith("s3://"):
+            raise BadRequest("image must be bytes or an s3:// URI; the client never reads files "
+                             "(read the file yourself and pass its bytes)")
+    given = [name for name, value in (("text", text), ("image", image), ("image_uri", image_uri), ("like", like))
+             if value is not None]
     if len(given) != 1:
         raise BadRequest(f"give exactly one of text, image, like (got {', '.join(given) or 'none'})")
+    if image is not None and not isinstance(image, bytes | bytearray | memoryview):
+        raise BadRequest(f"image must be bytes or an s3:// URI, not {type(image).__name__}; the client never "
+                         "reads files (read the file yourself and pass its bytes)")
+    if image is not None and len(image) > max_image_bytes:  # before base64 doubles the work
+        raise BadRequest(f"query image is larger than the limit of {max_image_bytes} bytes", "too_large")
+    if not isinstance(timeout_s, int | float) or isinstance(timeout_s, bool) or not (
+            0 < timeout_s <= MAX_TIMEOUT_MS / 1000):
+        raise BadRequest(f"timeout must be a number of seconds above 0 and at most {MAX_TIMEOUT_MS // 1000}")
+    value: Any = {"text": text, "image_uri": image_uri, "like": like}.get(given[0])
+    if given[0] == "image":
+        value = base64.b64encode(bytes(image)).decode("ascii")  # type: ignore[arg-type]
+    doc: dict[str, Any] = {"v": SCHEMA_VERSION, "id": uuid.uuid4().hex, "deadline": now_ms() + int(timeout_s * 1000),
+                           "query": {given[0]: value}, "k": k, "filters": _filter_docs(filters)}
+    if channels is not None:
+        doc["channels"] = list(channels) if isinstance(channels, list | tuple) else channels
+    if must:
+        doc["must"] = list(must) if isinstance(must, list | tuple) else must
     try:
-        parsed_filters = parse_filters(list(filters) if filters else [])
-        picked = resolve_channels(given[0], list(channels)) if channels is not None else None
-        words = check_must(list(must) if must else None)
-    except QueryError as exc:
-        raise BadRequest(str(exc)) from None
-    req = Request(id=uuid.uuid4().hex, deadline=now_ms() + int(timeout_s * 1000), kind=given[0], k=k,
-                  filters=parsed_filters, channels=picked, must=words)
-    if text is not None:
-        req.text = text
-    elif like is not None:
-        req.like = like
-    elif isinstance(image, str) and image.startswith("s3://"):
-        req.kind, req.image_uri = "image_uri", image
-    else:
-        if not isinstance(image, bytes):
-            try:
-                image = Path(image).expanduser().read_bytes()
-            except OSError as exc:
-                raise BadRequest(f"cannot read query image {image}: {exc.strerror or exc}") from None
-        if len(image) > max_image_bytes:
-            raise BadRequest(f"query image is larger than the limit of {max_image_bytes} bytes")
-        req.image = image
-    return req
+        return request_from_doc(doc, max_image_bytes)
+    except ProtocolError as exc:
+        raise BadRequest(str(exc), exc.code) from None
+
+
+def _filter_docs(filters: Any) -> Any:
+    if filters is None:
+        return []
+    if not isinstance(filters, list | tuple):
+        return filters  # the parser says what is wrong with it
+    return [f.to_dict() if isinstance(f, Filter) else f for f in filters]
 
 
 def _result(reply: Reply) -> SearchResult:
     if reply.ok:
         return SearchResult(reply.hits, reply.worker, reply.batch, reply.took_ms)
-    if reply.error_code in (BAD_REQUEST, NOT_FOUND):
+    if reply.error_code in CALLER_CODES:
         raise BadRequest(reply.error_message, reply.error_code)
     raise ServerError(f"{reply.error_code}: {reply.error_message}")
 
@@ -128,6 +177,15 @@ def _decode(raw: bytes) -> SearchResult:
         return _result(parse_reply(raw))
     except ProtocolError as exc:
         raise ServerError(str(exc)) from None
+
+
+def _no_answer(timeout_s: float) -> SearchTimeout:
+    return SearchTimeout(f"no answer within {timeout_s:g}s (are query workers running?)")
+
+
+def _overloaded(settings: Settings) -> Overloaded:
+    return Overloaded(f"the query backlog is over {settings.query_max_backlog} requests "
+                      f"(IMGSEARCH_QUERY_MAX_BACKLOG); retry in {RETRY_AFTER_S}s")
 
 
 class _Base:
@@ -140,13 +198,15 @@ class _Base:
 
     def _request(self, timeout: float | None, **query) -> tuple[Request, float]:
         timeout_s = timeout if timeout is not None else self.settings.query_timeout_ms / 1000
-        if timeout_s <= 0:
-            raise BadRequest("timeout must be positive")
         req = build_request(timeout_s=timeout_s, max_image_bytes=self.settings.query_max_image_bytes, **query)
         return req, timeout_s
 
     def _entry(self, req: Request) -> dict:
         return {"id": req.id, "req": req.to_json()}
+
+    def _add_args(self, entry: dict) -> list:
+        return [self.settings.query_max_backlog, self.settings.query_stream_max_len,
+                *(x for pair in entry.items() for x in pair)]
 
 
 class SearchClient(_Base):
@@ -156,32 +216,39 @@ class SearchClient(_Base):
         super().__init__(redis_url, settings)
         # Blocking reads wait up to the request timeout: no socket timeout below that.
         self.redis = redis.Redis.from_url(self.redis_url, socket_timeout=None, socket_connect_timeout=5)
+        self._add = self.redis.register_script(ADD_SCRIPT)
 
-    def search(self, text: str | None = None, image: bytes | str | Path | None = None,
+    def search(self, text: str | None = None, image: bytes | str | None = None,
                like: int | str | None = None, k: int = 10, filters: Sequence[Filter | dict] | None = None,
                timeout: float | None = None, channels: Sequence[str] | None = None,
-               must: Sequence[str] | None = None) -> SearchResult:
-        """Search by text, image (bytes, path or s3:// URI) or an indexed image (id or URI).
+               must: Sequence[str] | None = None, image_uri: str | None = None) -> SearchResult:
+        """Search by text, image (bytes or an s3:// URI) or an indexed image (id or URI).
 
         ``channels`` picks search channels (clip, bm25, dense, phash; None: the query kind's
         defaults); ``must`` keeps only images whose indexed text contains every word."""
         req, timeout_s = self._request(timeout, text=text, image=image, like=like, k=k, filters=filters,
-                                       channels=channels, must=must)
+                                       channels=channels, must=must, image_uri=image_uri)
+        return _decode(self._exchange(req.id, self._entry(req), timeout_s))
+
+    def _exchange(self, request_id: str, entry: dict, timeout_s: float) -> bytes:
+        """Add ``entry`` (unless overloaded) and wait for its one reply (SearchTimeout at the deadline)."""
         try:
-            self.redis.xadd(self.stream, self._entry(req))
-            # Socket timeout must outlast the BLPOP itself.
-            popped = self.redis.blpop([reply_key(self.stream, req.id)], timeout=timeout_s)
+            entry_id = self._add(keys=[self.stream], args=self._add_args(entry))
+            if entry_id is None:
+                raise _overloaded(self.settings)
+            popped = self.redis.blpop([reply_key(self.stream, request_id)], timeout=timeout_s)
             if popped is None:
-                if self.redis.set(done_key(self.stream, req.id), "timeout", nx=True,
+                if self.redis.set(done_key(self.stream, request_id), "timeout", nx=True,
                                   ex=self.settings.query_reply_ttl_s):
-                    raise SearchTimeout(f"no answer within {timeout_s:g}s (are query workers running?)")
+                    self.redis.xdel(self.stream, entry_id)  # nobody waits for it any more
+                    raise _no_answer(timeout_s)
                 # A worker settled it in the last instant: its reply is there now.
-                popped = self.redis.blpop([reply_key(self.stream, req.id)], timeout=1)
+                popped = self.redis.blpop([reply_key(self.stream, request_id)], timeout=1)
                 if popped is None:
-                    raise SearchTimeout(f"no answer within {timeout_s:g}s")
+                    raise _no_answer(timeout_s)
         except redis.RedisError as exc:
             raise ServerError(f"redis: {exc}") from exc
-        return _decode(popped[1])
+        return popped[1]
 
     def ready_workers(self) -> list[str]:
         """Names of workers that are warm and sent a heartbeat recently."""
@@ -202,14 +269,15 @@ class AsyncSearchClient(_Base):
     def __init__(self, redis_url: str | None = None, settings: Settings | None = None):
         super().__init__(redis_url, settings)
         self.redis = aioredis.Redis.from_url(self.redis_url, socket_timeout=None, socket_connect_timeout=5)
+        self._add = self.redis.register_script(ADD_SCRIPT)
 
-    async def search(self, text: str | None = None, image: bytes | str | Path | None = None,
+    async def search(self, text: str | None = None, image: bytes | str | None = None,
                      like: int | str | None = None, k: int = 10, filters: Sequence[Filter | dict] | None = None,
                      timeout: float | None = None, channels: Sequence[str] | None = None,
-                     must: Sequence[str] | None = None) -> SearchResult:
+                     must: Sequence[str] | None = None, image_uri: str | None = None) -> SearchResult:
         """Same as :meth:`SearchClient.search`, without blocking the event loop."""
         req, timeout_s = self._request(timeout, text=text, image=image, like=like, k=k, filters=filters,
-                                       channels=channels, must=must)
+                                       channels=channels, must=must, image_uri=image_uri)
         return _decode(await self._exchange(req.id, self._entry(req), timeout_s))
 
     async def op(self, op: str, timeout: float | None = None, **args) -> dict:
@@ -225,22 +293,25 @@ class AsyncSearchClient(_Base):
             raise ServerError(str(exc)) from None
         if ok:
             return result
-        if result["code"] in (BAD_REQUEST, NOT_FOUND):
+        if result["code"] in CALLER_CODES:
             raise BadRequest(result["message"], result["code"])
         raise ServerError(f"{result['code']}: {result['message']}")
 
     async def _exchange(self, request_id: str, entry: dict, timeout_s: float) -> bytes:
-        """Add ``entry`` to the stream and wait for its one reply (SearchTimeout at the deadline)."""
+        """Add ``entry`` (unless overloaded) and wait for its one reply (SearchTimeout at the deadline)."""
         try:
-            await self.redis.xadd(self.stream, entry)
+            entry_id = await self._add(keys=[self.stream], args=self._add_args(entry))
+            if entry_id is None:
+                raise _overloaded(self.settings)
             popped = await self.redis.blpop([reply_key(self.stream, request_id)], timeout=timeout_s)
             if popped is None:
                 if await self.redis.set(done_key(self.stream, request_id), "timeout", nx=True,
                                         ex=self.settings.query_reply_ttl_s):
-                    raise SearchTimeout(f"no answer within {timeout_s:g}s (are query workers running?)")
+                    await self.redis.xdel(self.stream, entry_id)  # nobody waits for it any more
+                    raise _no_answer(timeout_s)
                 popped = await self.redis.blpop([reply_key(self.stream, request_id)], timeout=1)
                 if popped is None:
-                    raise SearchTimeout(f"no answer within {timeout_s:g}s")
+                    raise _no_answer(timeout_s)
         except redis.RedisError as exc:
             raise ServerError(f"redis: {exc}") from exc
         return popped[1]

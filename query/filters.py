@@ -74,11 +74,11 @@ def compile_filters(filters: Sequence[Filter | dict] | None) -> str:
 
 def _check(f: Filter) -> None:
     if not isinstance(f.field, str) or f.field not in FIELDS:
-        raise FilterError(f"unknown filter field {f.field!r}; allowed: {', '.join(sorted(FIELDS))}")
+        raise FilterError(f"unknown filter field {_short(f.field)}; allowed: {', '.join(sorted(FIELDS))}")
     kind = FIELDS[f.field]
     ops = STRING_OPS if kind is str else INT_OPS
     if f.op not in ops:
-        raise FilterError(f"operator {f.op!r} is not allowed on {f.field}; allowed: {', '.join(ops)}")
+        raise FilterError(f"operator {_short(f.op)} is not allowed on {f.field}; allowed: {', '.join(ops)}")
     if f.op in ("in", "not_in"):
         if not isinstance(f.value, list) or not 1 <= len(f.value) <= MAX_IN_VALUES:
             raise FilterError(f"{f.field} {f.op} needs a list of 1 to {MAX_IN_VALUES} values")
@@ -93,7 +93,7 @@ def _check(f: Filter) -> None:
 def _check_value(name: str, kind: type, value: Any) -> None:
     if kind is int:
         if isinstance(value, bool) or not isinstance(value, int) or not INT64[0] <= value <= INT64[1]:
-            raise FilterError(f"{name} takes 64-bit integers, got {value!r}")
+            raise FilterError(f"{name} takes 64-bit integers, got {_short(value)}")
         return
     if not isinstance(value, str):
         raise FilterError(f"{name} takes strings, got {type(value).__name__}")
@@ -101,6 +101,16 @@ def _check_value(name: str, kind: type, value: Any) -> None:
         raise FilterError(f"{name} values are at most {MAX_STRING} characters")
     if any(ord(ch) < 32 for ch in value):
         raise FilterError(f"{name} values must not contain control characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise FilterError(f"{name} values must be valid Unicode text (no lone surrogates)") from None
+
+
+def _short(value: Any) -> str:
+    """A caller's value for an error message: repr (no raw control characters), cut short."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _literal(value: Any) -> str:

@@ -26,23 +26,32 @@ from common.errors import QueryError
 from common.store import Hit
 from query.filters import Filter, compile_filters, parse_filters
 from query.fusion import FusedHit
-from query.search import check_must, resolve_channels
+from query.vocabulary import (  # noqa: F401  (re-exported: the protocol's names)
+    BAD_REQUEST,
+    CHANNELS,
+    ERROR_CODES,
+    MAX_K,
+    MAX_TEXT_CHARS,
+    MAX_URI_CHARS,
+    NOT_FOUND,
+    QUERY_KINDS,
+    REPLY_CODES,
+    S3_BUCKET_PATTERN,
+    SCHEMA_VERSION,
+    SERVER_ERROR,
+    TOO_LARGE,
+    check_image_id,
+    check_k,
+    check_must,
+    check_text,
+    resolve_channels,
+)
+from query.vocabulary import ID_PATTERN as _ID_PATTERN
 
-SCHEMA_VERSION = 1
-MAX_K = 1000
-MAX_TEXT_CHARS = 2000
-MAX_URI_CHARS = 4096
-CHANNELS = ("clip", "bm25", "dense", "phash")  # search channels (query.search); fused by RRF
-ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+ID_RE = re.compile(_ID_PATTERN)
+BUCKET_RE = re.compile(S3_BUCKET_PATTERN)
 REQUEST_KEYS = {"v", "id", "deadline", "query", "k", "filters", "channels", "must"}
-QUERY_KINDS = ("text", "image", "image_uri", "like")
 HEARTBEAT_FRESH_MS = 5000  # a worker whose last heartbeat is older is not counted as ready
-
-# Error codes in replies (README lists them).
-BAD_REQUEST = "bad_request"
-NOT_FOUND = "not_found"
-SERVER_ERROR = "server_error"
-ERROR_CODES = (BAD_REQUEST, NOT_FOUND, SERVER_ERROR)
 
 
 class ProtocolError(QueryError):
@@ -100,6 +109,9 @@ class Request:
         return (now_ms() if at_ms is None else at_ms) > self.deadline
 
     def to_json(self) -> str:
+        return json.dumps(self.to_doc(), separators=(",", ":"))
+
+    def to_doc(self) -> dict:
         query: dict[str, Any]
         if self.kind == "image":
             query = {"image": base64.b64encode(self.image or b"").decode("ascii")}
@@ -111,7 +123,7 @@ class Request:
             doc["channels"] = list(self.channels)
         if self.must:
             doc["must"] = list(self.must)
-        return json.dumps(doc, separators=(",", ":"))
+        return doc
 
 
 def load_envelope(raw: bytes | str, allowed_keys: set[str], what: str = "request") -> dict:
@@ -119,50 +131,63 @@ def load_envelope(raw: bytes | str, allowed_keys: set[str], what: str = "request
     deadline (shared by search requests and the read-only ops of :mod:`query.ops`)."""
     try:
         doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"{what} is not valid JSON: {exc}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise ProtocolError(f"{what} is not valid JSON: {str(exc)[:200]}") from None
+    return check_envelope(doc, allowed_keys, what)
+
+
+def check_envelope(doc: Any, allowed_keys: set[str], what: str = "request") -> dict:
+    """The checks of :func:`load_envelope` on an already parsed document."""
     if not isinstance(doc, dict):
         raise ProtocolError(f"{what} must be a JSON object")
+    try:
+        check_text(doc, what)
+    except QueryError as exc:
+        raise ProtocolError(str(exc)) from None
     unknown = set(doc) - allowed_keys
     if unknown:
-        raise ProtocolError(f"unknown {what} fields: {', '.join(sorted(unknown))}")
-    if doc.get("v") != SCHEMA_VERSION:
-        raise ProtocolError(f"unsupported schema version {doc.get('v')!r}; this worker speaks v{SCHEMA_VERSION}")
+        raise ProtocolError(f"unknown {what} fields: {', '.join(sorted(repr(k)[1:-1][:40] for k in unknown))}")
+    if type(doc.get("v")) is not int or doc.get("v") != SCHEMA_VERSION:
+        raise ProtocolError(f"unsupported schema version {repr(doc.get('v'))[:20]}; "
+                            f"this worker speaks v{SCHEMA_VERSION}")
     request_id = doc.get("id")
     if not isinstance(request_id, str) or not ID_RE.match(request_id):
         raise ProtocolError("id must be 1-128 characters of letters, digits, _ . : -")
     deadline = doc.get("deadline")
-    if isinstance(deadline, bool) or not isinstance(deadline, int) or deadline <= 0:
+    if isinstance(deadline, bool) or not isinstance(deadline, int) or not 0 < deadline < 2**53:
         raise ProtocolError("deadline must be a positive integer (unix time in milliseconds)")
     return doc
 
 
 def parse_request(raw: bytes | str, max_image_bytes: int) -> Request:
     """JSON text -> :class:`Request`, or :class:`ProtocolError` saying exactly what is wrong."""
-    doc = load_envelope(raw, REQUEST_KEYS)
-    request_id, deadline = doc["id"], doc["deadline"]
-    k = doc.get("k", 10)
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
-        raise ProtocolError(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
-    channels = doc.get("channels")
-    if channels is not None and (not isinstance(channels, list) or not channels
-                                 or not all(isinstance(c, str) for c in channels)):
-        raise ProtocolError("channels must be a non-empty list of strings")
-    bad = [c for c in channels or [] if c not in CHANNELS]
-    if bad:
-        raise ProtocolError(f"unsupported channels {bad}; available: {', '.join(CHANNELS)}")
+    return request_from_doc(load_envelope(raw, REQUEST_KEYS), max_image_bytes)
+
+
+def request_from_doc(doc: Any, max_image_bytes: int) -> Request:
+    """A parsed request document -> :class:`Request`; every field is checked here, so a
+    request that gets past this point cannot fail its batch neighbours with bad input
+    (ids in range, text that encodes, typed filter values, known channels)."""
+    doc = check_envelope(doc, REQUEST_KEYS)
     try:
-        filters = parse_filters(doc.get("filters", []))
-        must = check_must(doc.get("must"))
+        return _request(doc, max_image_bytes)
+    except ProtocolError:
+        raise
     except QueryError as exc:
-        raise ProtocolError(str(exc)) from None
-    req = Request(id=request_id, deadline=deadline, kind="", k=k, filters=filters,
+        raise ProtocolError(str(exc), exc.code) from None
+
+
+def _request(doc: dict, max_image_bytes: int) -> Request:
+    k = check_k(doc.get("k", 10))
+    channels = doc.get("channels")
+    if channels is not None and not isinstance(channels, list):
+        raise ProtocolError("channels must be a non-empty list of channel names")
+    filters = parse_filters(doc.get("filters", []))
+    must = check_must(doc.get("must"))
+    req = Request(id=doc["id"], deadline=doc["deadline"], kind="", k=k, filters=filters,
                   channels=tuple(channels) if channels is not None else None, must=must)
     _parse_query(req, doc.get("query"), max_image_bytes)
-    try:
-        resolve_channels("image" if req.kind == "image_uri" else req.kind, req.channels)
-    except QueryError as exc:
-        raise ProtocolError(str(exc)) from None
+    resolve_channels(req.kind, req.channels)
     return req
 
 
@@ -171,7 +196,7 @@ def _parse_query(req: Request, query: Any, max_image_bytes: int) -> None:
         raise ProtocolError(f"query must be an object with exactly one of: {', '.join(QUERY_KINDS)}")
     (kind, value), = query.items()
     if kind not in QUERY_KINDS:
-        raise ProtocolError(f"unknown query kind {kind!r}; use one of: {', '.join(QUERY_KINDS)}")
+        raise ProtocolError(f"unknown query kind {kind[:40]!r}; use one of: {', '.join(QUERY_KINDS)}")
     req.kind = kind
     if kind == "text":
         if not isinstance(value, str) or not value.strip():
@@ -182,29 +207,47 @@ def _parse_query(req: Request, query: Any, max_image_bytes: int) -> None:
     elif kind == "image":
         req.image = decode_image_field(value, max_image_bytes)
     elif kind == "image_uri":
-        if not isinstance(value, str) or not value.startswith("s3://") or len(value) > MAX_URI_CHARS:
-            raise ProtocolError("query.image_uri must be an s3:// URI (workers never read their own files)")
-        req.image_uri = value
+        req.image_uri = check_image_uri(value)
     else:
-        if isinstance(value, bool) or not isinstance(value, int | str):
-            raise ProtocolError("query.like must be an indexed image id (integer) or its URI (string)")
-        if isinstance(value, str) and ("://" not in value or len(value) > MAX_URI_CHARS):
-            raise ProtocolError("query.like as a string must be the URI of an indexed image")
-        req.like = value
+        req.like = check_like(value)
+
+
+def check_image_uri(value: Any) -> str:
+    """``s3://bucket/key`` with a valid bucket name and a key; whether the bucket is allowed
+    is the worker's decision (IMGSEARCH_QUERY_URI_BUCKETS), made when it fetches."""
+    if not isinstance(value, str) or not value.startswith("s3://") or len(value) > MAX_URI_CHARS:
+        raise ProtocolError("query.image_uri must be an s3:// URI (workers never read their own files)")
+    bucket, _, key = value[len("s3://"):].partition("/")
+    if not BUCKET_RE.match(bucket) or not key or any(ord(ch) < 32 for ch in value):
+        raise ProtocolError("query.image_uri must be s3://bucket/key with a valid bucket name and a key")
+    return value
+
+
+def check_like(value: Any) -> int | str:
+    """An indexed image id (1 .. 2**63 - 1) or the URI it was indexed under."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ProtocolError("query.like must be an indexed image id (integer) or its URI (string)")
+    if isinstance(value, int):
+        return check_image_id(value, "query.like")
+    if "://" not in value or len(value) > MAX_URI_CHARS or any(ord(ch) < 32 for ch in value):
+        raise ProtocolError("query.like as a string must be the URI of an indexed image")
+    return value
 
 
 def decode_image_field(value: Any, max_image_bytes: int) -> bytes:
-    """Base64 text -> bytes, refusing oversized input before decoding it."""
+    """Base64 text -> bytes, refusing oversized input (code too_large) before decoding it."""
     if not isinstance(value, str) or not value:
         raise ProtocolError("query.image must be non-empty base64 text")
     if len(value) > 4 * ((max_image_bytes + 2) // 3) + 4:
-        raise ProtocolError(f"query image is larger than the limit of {max_image_bytes} bytes")
+        raise ProtocolError(f"query image is larger than the limit of {max_image_bytes} bytes", TOO_LARGE)
     try:
         data = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         raise ProtocolError("query.image is not valid base64") from None
     if len(data) > max_image_bytes:
-        raise ProtocolError(f"query image is larger than the limit of {max_image_bytes} bytes")
+        raise ProtocolError(f"query image is larger than the limit of {max_image_bytes} bytes", TOO_LARGE)
+    if not data:
+        raise ProtocolError("query.image must be non-empty base64 text")
     return data
 
 
@@ -234,6 +277,14 @@ class Reply:
     def error(cls, request_id: str, code: str, message: str, worker: str = "") -> "Reply":
         return cls(request_id, False, error_code=code, error_message=message, worker=worker)
 
+    @classmethod
+    def failed(cls, request_id: str, exc: BaseException) -> "Reply":
+        """The error reply for ``exc``: a QueryError's own code (by type, never by message),
+        anything else a server_error."""
+        if isinstance(exc, QueryError):
+            return cls.error(request_id, exc.code if exc.code in REPLY_CODES else BAD_REQUEST, str(exc))
+        return cls.error(request_id, SERVER_ERROR, f"{type(exc).__name__}: {str(exc)[:500]}")
+
 
 def parse_reply(raw: bytes | str) -> Reply:
     """A worker's JSON reply -> :class:`Reply` (ProtocolError with code server_error if broken)."""
@@ -247,6 +298,8 @@ def parse_reply(raw: bytes | str) -> Reply:
             return Reply(doc["id"], True, hits, worker=doc.get("worker", ""), batch=int(doc.get("batch", 0)),
                          took_ms=float(doc.get("took_ms", 0.0)))
         err = doc["error"]
-        return Reply.error(doc["id"], str(err["code"]), str(err["message"]), doc.get("worker", ""))
+        code = str(err["code"])
+        return Reply.error(doc["id"], code if code in ERROR_CODES else SERVER_ERROR, str(err["message"]),
+                           doc.get("worker", ""))
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ProtocolError(f"malformed reply from a worker: {exc}", SERVER_ERROR) from None

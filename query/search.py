@@ -14,65 +14,46 @@ call per model (the query worker's dynamic batching). ``search_text``/``search_i
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from common.errors import ImageError, ModelMismatchError, QueryError
-from common.images import decode_image
+from common.errors import BadQueryImage, ImageError, ModelMismatchError, QueryError, QueryNotFound, QueryTooLarge
+from common.images import decode_query_image
 from common.models.clip import ClipModel, load_clip
 from common.settings import Settings, parse_weights
 from common.store import Hit, ImageStore
 from common.texts import TextStore
 from query.duplicates import search_phash
 from query.fusion import ChannelHit, FusedHit, fuse
+from query.isolation import run_isolated
+from query.vocabulary import (  # noqa: F401  (re-exported: callers import them from here too)
+    CHANNELS,
+    DEFAULT_CHANNELS,
+    MAX_K,
+    MAX_MUST,
+    MAX_TEXT_CHARS,
+    MAX_URI_CHARS,
+    check_image_id,
+    check_k,
+    check_must,
+    check_text,
+    resolve_channels,
+)
 
-MAX_K = 1000
-MAX_TEXT_CHARS = 2000
-MAX_MUST = 16
-CHANNELS = ("clip", "bm25", "dense", "phash")
-# channels=None means these, per query kind; phash needs a query image (or an indexed one)
-DEFAULT_CHANNELS = {"text": ("clip", "bm25", "dense"), "image": ("clip", "phash", "bm25", "dense"),
-                    "like": ("clip", "phash", "bm25", "dense")}
-
-
-def resolve_channels(kind: str, channels: Sequence[str] | None) -> tuple[str, ...]:
-    """The channels to run for a query of ``kind``; QueryError for unknown or unusable ones."""
-    if channels is None:
-        return DEFAULT_CHANNELS[kind]
-    if isinstance(channels, str) or not channels or not all(isinstance(c, str) for c in channels):
-        raise QueryError("channels must be a non-empty list of channel names")
-    unknown = [c for c in channels if c not in CHANNELS]
-    if unknown:
-        raise QueryError(f"unknown channels {unknown}; available: {', '.join(CHANNELS)}")
-    if kind == "text" and "phash" in channels:
-        raise QueryError("the phash channel needs an image query (image or like), not text")
-    return tuple(dict.fromkeys(channels))
-
-
-def check_must(must: Sequence[str] | None) -> tuple[str, ...]:
-    """``must`` words: a list of 1-100 character strings, at most MAX_MUST of them."""
-    if not must:
-        return ()
-    if isinstance(must, str) or len(must) > MAX_MUST or not all(
-            isinstance(w, str) and w.strip() and len(w) <= 100 for w in must):
-        raise QueryError(f"must takes a list of up to {MAX_MUST} non-empty words (<= 100 characters each)")
-    from common.texts import TOKEN_RE
-
-    if not any(TOKEN_RE.findall(w) for w in must):
-        raise QueryError("must words need at least one letter or digit")
-    return tuple(w.strip() for w in must)
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class Query:
     """One hybrid query on its way through :meth:`SearchService.search_many`."""
 
-    kind: str  # text | image | like
+    kind: str  # text | image | like (an image_uri query is an image query)
     text: str | None = None
     image: bytes | None = None
     like: int | str | None = None
+    image_uri: str | None = None  # s3:// URI in an allowed bucket, fetched here (query.fetch)
     k: int = 10
     filter_expr: str = ""
     channels: Sequence[str] | None = None
@@ -108,72 +89,95 @@ class SearchService:
         self._lock = threading.Lock()
 
     # -- hybrid search ---------------------------------------------------------------------
-    def search(self, text: str | None = None, image: bytes | str | Path | None = None, like: int | str | None = None,
+    def search(self, text: str | None = None, image: bytes | None = None, like: int | str | None = None,
                k: int = 10, filter_expr: str = "", channels: Sequence[str] | None = None,
-               must: Sequence[str] | None = None) -> list[FusedHit]:
-        """Hybrid search by exactly one of text, image (bytes or a local path) or like (an
-        indexed image id or URI), fused over ``channels`` (None: the defaults of the kind).
+               must: Sequence[str] | None = None, image_uri: str | None = None) -> list[FusedHit]:
+        """Hybrid search by exactly one of text, image (bytes), image_uri (an ``s3://`` URI in
+        an allowed bucket) or like (an indexed image id or URI), fused over ``channels``
+        (None: the defaults of the kind). Nothing here reads a local file: a caller that
+        has one reads it itself (the CLI does) and passes the bytes.
 
         ``must`` keeps only images whose indexed texts (OCR lines, captions, tags) contain
         every word (Milvus TEXT_MATCH on analysed tokens: case-insensitive, split at
         non-word characters). ``filter_expr`` comes from ``query.filters`` only.
         """
-        given = [n for n, v in (("text", text), ("image", image), ("like", like)) if v is not None]
+        given = [n for n, v in (("text", text), ("image", image), ("image_uri", image_uri), ("like", like))
+                 if v is not None]
         if len(given) != 1:
-            raise QueryError(f"give exactly one of text, image, like (got {', '.join(given) or 'none'})")
-        if image is not None and not isinstance(image, bytes):
-            image = self._read_image(image)
-        query = Query(given[0], text=text, image=image, like=like, k=k, filter_expr=filter_expr,
-                      channels=channels, must=must)
+            raise QueryError(f"give exactly one of text, image, image_uri, like (got {', '.join(given) or 'none'})")
+        query = Query("image" if given[0] == "image_uri" else given[0], text=text, image=image, like=like, k=k,
+                      filter_expr=filter_expr, channels=channels, must=must, image_uri=image_uri)
         result = self.search_many([query])[0]
         if isinstance(result, Exception):
             raise result
         return result
 
-    def search_many(self, queries: Sequence[Query]) -> list[list[FusedHit] | QueryError]:
+    def search_many(self, queries: Sequence[Query]) -> list[list[FusedHit] | Exception]:
         """Answer several hybrid queries: one CLIP text call, one CLIP image call and one
-        dense-text call for the whole batch; per query its hits or its QueryError."""
-        out: list[list[FusedHit] | QueryError | None] = [None] * len(queries)
+        dense-text call for the whole batch; per query its hits or its error.
+
+        A query's error is its own: preparing (decode, OCR, lookup) and answering (Milvus
+        searches, fusion) run per query, and a batched encoder call that fails is repeated
+        one query at a time (:func:`query.isolation.run_isolated`), so only the query that
+        broke it gets the error. QueryError is the caller's fault; any other exception is
+        a server fault, logged here."""
+        out: list[list[FusedHit] | Exception | None] = [None] * len(queries)
+
+        def failed(n: int, exc: Exception) -> None:
+            if not isinstance(exc, QueryError):
+                log.error("query failed", exc_info=exc, extra={"kind": queries[n].kind})
+            out[n] = exc
+
         live: list[int] = []
         for n, q in enumerate(queries):
             try:
                 self._prepare(q)
                 live.append(n)
-            except QueryError as exc:
-                out[n] = exc
-        self._encode([queries[n] for n in live])
-        for n in live:
-            try:
-                out[n] = self._answer(queries[n])
-            except QueryError as exc:
-                out[n] = exc
+            except Exception as exc:
+                failed(n, exc)
+        encoded: list[int] = []
+        run_isolated(live, lambda ns: (self._encode([queries[n] for n in ns]), encoded.extend(ns)), failed)
+        for n in encoded:
+            if out[n] is None:
+                try:
+                    out[n] = self._answer(queries[n])
+                except Exception as exc:
+                    failed(n, exc)
         return out  # type: ignore[return-value]
 
     def _prepare(self, q: Query) -> None:
         """Validate, decode the image or look up the indexed one, find the query's text."""
-        if not isinstance(q.k, int) or isinstance(q.k, bool) or not 1 <= q.k <= MAX_K:
-            raise QueryError(f"k must be an integer from 1 to {MAX_K}, got {q.k!r}")
+        check_k(q.k)
         q.channels = resolve_channels(q.kind, q.channels)
         q.must = check_must(q.must)
         texts_wanted = {"bm25", "dense"} & set(q.channels)
         if q.kind == "text":
-            q.query_text = (q.text or "").strip()
+            if not isinstance(q.text, str):
+                raise QueryError("a text query must be a string")
+            check_text(q.text, "the text query")
+            q.query_text = q.text.strip()
             if not q.query_text:
                 raise QueryError("empty text query")
             if len(q.query_text) > MAX_TEXT_CHARS:
                 raise QueryError(f"text query longer than {MAX_TEXT_CHARS} characters")
         elif q.kind == "image":
-            q.pil = self._decode(q.image or b"")
+            if q.image_uri is not None:
+                from query.fetch import fetch_query_image
+
+                q.image = fetch_query_image(q.image_uri, self.settings)
+            q.pil = self.decode_query(q.image)
             if texts_wanted and self.texts.exists():
                 # the query image's own text (a label, a code) is searched in the indexed texts
                 from common.models.ocr import load_ocr
 
                 q.query_text = " ".join(ln.text for ln in load_ocr(self.settings).predict([q.pil])[0])
-        else:
+        elif q.kind == "like":
             q.row = self.lookup(q.like)
             q.exclude = [int(q.row["id"])]
             if texts_wanted and self.texts.exists():
                 q.query_text = " ".join(r["text"] for r in self.texts.rows_of(q.exclude[0]) if r["kind"] == "ocr")
+        else:
+            raise QueryError(f"unknown query kind {q.kind!r}")
 
     def _encode(self, queries: Sequence[Query]) -> None:
         """One encoder call per model for every query of the batch that needs it."""
@@ -250,20 +254,21 @@ class SearchService:
                 self._text_encoder = enc
             return self._text_encoder
 
-    def _read_image(self, image: str | Path) -> bytes:
+    def decode_query(self, data: bytes | None):
+        """A caller's image bytes -> a small upright RGB picture (query limits, one downscale)."""
+        if not isinstance(data, bytes | bytearray):
+            raise QueryError("a query image must be given as bytes (nothing here reads files)")
+        limit = min(self.settings.max_image_bytes, self.settings.query_max_image_bytes)
         try:
-            return Path(image).expanduser().read_bytes()
-        except OSError as exc:
-            raise QueryError(f"cannot read query image {image}: {exc.strerror or exc}") from None
-
-    def _decode(self, data: bytes):
-        try:
-            return decode_image(data, self.settings.max_image_bytes, self.settings.max_image_pixels).image
+            return decode_query_image(bytes(data), limit, self.settings.query_max_image_pixels).image
         except ImageError as exc:
-            raise QueryError(f"bad query image ({exc.reason}): {exc.message}") from None
+            if exc.reason in ("too_large", "too_many_pixels"):
+                raise QueryTooLarge(f"query image too large ({exc.reason}): {exc.message}") from None
+            raise BadQueryImage(exc.reason, exc.message) from None
 
     # -- plain CLIP searches -----------------------------------------------------------------
     def search_text(self, text: str, k: int = 10, filter_expr: str = "") -> list[Hit]:
+        check_text(text, "the text query")
         text = (text or "").strip()
         if not text:
             raise QueryError("empty text query")
@@ -271,13 +276,12 @@ class SearchService:
             raise QueryError(f"text query longer than {MAX_TEXT_CHARS} characters")
         return self._search(self.model.encode_texts([text])[0], k, filter_expr=filter_expr)
 
-    def search_image(self, image: bytes | str | Path, k: int = 10, filter_expr: str = "") -> list[Hit]:
-        """Search by an image given as bytes or a local file path.
+    def search_image(self, image: bytes, k: int = 10, filter_expr: str = "") -> list[Hit]:
+        """Search by an image given as bytes (a caller with a file reads it itself).
 
         ``filter_expr`` (here and below) is a Milvus expression compiled by ``query.filters``
         from structured filters; callers outside this package never write one."""
-        data = image if isinstance(image, bytes) else self._read_image(image)
-        return self._search(self.model.encode_images([self._decode(data)])[0], k, filter_expr=filter_expr)
+        return self._search(self.model.encode_images([self.decode_query(image)])[0], k, filter_expr=filter_expr)
 
     def search_like(self, ref: int | str, k: int = 10, filter_expr: str = "") -> list[Hit]:
         """Images like an indexed one (by id or URI); the image itself is left out."""
@@ -285,17 +289,24 @@ class SearchService:
         return self._search(row["clip"], k, exclude=[int(row["id"])], filter_expr=filter_expr)
 
     def lookup(self, ref: int | str) -> dict:
-        """The indexed row (with its vector) for an image id or URI; QueryError if absent."""
-        text = str(ref).strip()
-        row = None
-        if text.isdigit():
-            row = self.store.get(int(text), with_vector=True)
-        elif "://" in text:
-            row = self.store.get_by_uri(text, with_vector=True)
+        """The indexed row (with its vector) for an image id or URI; QueryNotFound if absent.
+
+        A string of ASCII digits is an id (the CLI's ``--like 123``); anything else that is
+        not a URI is refused before Milvus sees it (``²`` is a digit to ``str.isdigit``)."""
+        if isinstance(ref, str):
+            check_text(ref, "--like")
+            text = ref.strip()
+            if text.isascii() and text.isdecimal():
+                ref = int(text)
+            elif "://" not in text or len(text) > MAX_URI_CHARS or any(ord(ch) < 32 for ch in text):
+                raise QueryError(f"--like takes an image id (a number) or an indexed URI, got {text[:80]!r}")
+        if isinstance(ref, str):
+            row = self.store.get_by_uri(ref.strip(), with_vector=True)
         else:
-            raise QueryError(f"--like takes an image id (a number) or an indexed URI, got {text!r}")
+            row = self.store.get(check_image_id(ref, "--like"), with_vector=True)
         if row is None:
-            raise QueryError(f"no indexed image with id or uri {text!r} in {self.store.alias!r}")
+            shown = ref if isinstance(ref, int) else ref.strip()[:200]
+            raise QueryNotFound(f"no indexed image with id or uri {shown!r} in {self.store.alias!r}")
         return row
 
     def _search(self, vector, k: int, exclude: list[int] | None = None, filter_expr: str = "") -> list[Hit]:
@@ -305,6 +316,5 @@ class SearchService:
                        filter_expr: str = "") -> list[list[Hit]]:
         """One Milvus search for several query vectors that share k, exclusions and filter
         (the query worker batches concurrent requests through here)."""
-        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
-            raise QueryError(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
+        check_k(k)
         return self.store.search(list(vectors), k, exclude_ids=exclude or (), filter_expr=filter_expr)

@@ -33,10 +33,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from common.settings import Settings
 from query import explore
-from query.client import AsyncSearchClient, BadRequest, SearchTimeout, ServerError
+from query.client import AsyncSearchClient, SearchError
 from query.filters import FIELDS, INT_OPS, STRING_OPS
-from query.protocol import CHANNELS, MAX_K, REQUEST_KEYS, SCHEMA_VERSION
+from query.protocol import REQUEST_KEYS
 from query.thumbnails import ThumbnailCache, ThumbnailError, thumbnail
+from query.vocabulary import CHANNELS, MAX_IMAGE_ID, MAX_K, SCHEMA_VERSION
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 MAX_GRAPH_NODES = 100
@@ -47,7 +48,7 @@ THUMB_STATUS = {"not_found": "not_found", "too_large": "too_large", "unprocessab
 class GraphBody(BaseModel):
     """Ids of a result set (best first), e.g. the top 50 hits of a search."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     ids: list[int] = Field(min_length=1, max_length=MAX_GRAPH_NODES)
     groups: int | None = Field(None, ge=1, le=explore.MAX_GROUPS)
     neighbours: int = Field(3, ge=1, le=10)
@@ -63,11 +64,12 @@ class MapCache:
 
 
 def install(app: FastAPI, settings: Settings, client_of: Callable[[], AsyncSearchClient], require_key,
-            error: Callable[[str, str], Exception]) -> None:
+            error: Callable[[str, str], Exception], error_of: Callable[[SearchError], Exception]) -> None:
     """Add the page and its endpoints to the gateway ``app``.
 
     ``client_of`` returns the gateway's client (made in its lifespan), ``require_key`` is its
-    API-key dependency and ``error(code, message)`` builds its error exception."""
+    API-key dependency, ``error(code, message)`` builds its error exception and
+    ``error_of(exc)`` maps a client error to one (by code)."""
     thumbs = ThumbnailCache(settings.thumb_cache_mb * 1024 * 1024)
     maps = MapCache()
     app.state.thumbnails, app.state.maps = thumbs, maps
@@ -77,12 +79,8 @@ def install(app: FastAPI, settings: Settings, client_of: Callable[[], AsyncSearc
     async def op(name: str, **args) -> dict:
         try:
             return await client_of().op(name, **args)
-        except SearchTimeout as exc:
-            raise error("timeout", str(exc)) from None
-        except BadRequest as exc:
-            raise error(exc.code if exc.code in ("bad_request", "not_found") else "bad_request", str(exc)) from None
-        except ServerError as exc:
-            raise error("server_error", str(exc)) from None
+        except SearchError as exc:  # mapped by its code (timeout 504, overloaded 503, ...)
+            raise error_of(exc) from None
 
     async def vectors_of(ids: list[int]) -> tuple[list[dict], object]:
         result = await op("rows", ids=ids, vectors=True)
@@ -114,7 +112,7 @@ def install(app: FastAPI, settings: Settings, client_of: Callable[[], AsyncSearc
 
     @app.get("/v1/thumbnails/{image_id}", dependencies=keyed, response_class=Response,
              responses={200: {"content": {"image/jpeg": {}}}})
-    async def thumbnail_of(image_id: int = PathParam(ge=1, lt=2**63),
+    async def thumbnail_of(image_id: int = PathParam(ge=1, le=MAX_IMAGE_ID),
                            size: int = Query(256, ge=16, description="longest edge in pixels")) -> Response:
         """JPEG thumbnail of an indexed image: 404 unknown id or vanished object, 413 over the
         byte/pixel limits, 422 undecodable source, 400 size over IMGSEARCH_THUMB_MAX_SIZE."""

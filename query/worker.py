@@ -28,10 +28,12 @@ import redis
 from common.settings import Settings
 from common.store import milvus_client, resolve_alias
 from query.batch import BatchSearcher
+from query.isolation import run_isolated
 from query.ops import answer_entry
 from query.protocol import (
     ID_RE,
     SERVER_ERROR,
+    TOO_LARGE,
     ProtocolError,
     Reply,
     done_key,
@@ -221,28 +223,36 @@ class QueryWorker:
 
     # -- answering ----------------------------------------------------------------------
     def handle(self, entries: list[tuple[bytes, dict]]) -> None:
-        """Parse, drop expired, answer, reply, then acknowledge and delete every entry."""
+        """Parse, drop expired, answer, reply, then acknowledge and delete every entry.
+
+        Every entry with a usable id gets exactly one reply of its own: a parse error, an
+        op's result, or its search answer; a failure of one never becomes another's."""
         assert self.searcher is not None
         started = time.perf_counter()
         replies: list = []  # Reply or query.ops.OpReply
         requests = []
         now = now_ms()
+        max_entry = 4 * (self.settings.query_max_image_bytes // 3 + 1) + self.settings.gateway_max_body_bytes
         for entry_id, fields in entries:
             request_id = _text(fields.get(b"id")) if fields else ""
             if not ID_RE.match(request_id):
                 log.warning("request without a usable id dropped", extra={"entry": _text(entry_id)})
                 continue
+            raw = fields.get(b"op") if fields.get(b"op") is not None else fields.get(b"req", b"")
+            if len(raw) > max_entry:
+                replies.append(Reply.error(request_id, TOO_LARGE, f"request is larger than {max_entry} bytes"))
+                continue
             if fields.get(b"op") is not None:  # a read-only op (query.ops), not a search
-                op_reply = answer_entry(self.searcher.service.store, fields[b"op"], request_id, now)
+                op_reply = answer_entry(self.searcher.service.store, raw, request_id, now)
                 if op_reply is not None:
                     replies.append(op_reply)
                 continue
             try:
-                req = parse_request(fields.get(b"req", b""), self.settings.query_max_image_bytes)
+                req = parse_request(raw, self.settings.query_max_image_bytes)
                 if req.id != request_id:
                     raise ProtocolError(f"request id {req.id!r} differs from the entry's id {request_id!r}")
             except ProtocolError as exc:
-                replies.append(Reply.error(request_id, exc.code, str(exc)))
+                replies.append(Reply.failed(request_id, exc))
                 continue
             if req.expired(now):
                 log.info("expired request dropped", extra={"request": req.id, "late_ms": now - req.deadline})
@@ -250,12 +260,13 @@ class QueryWorker:
             requests.append(req)
         if requests:
             searcher = self._follow_alias() or self.searcher
-            try:
-                answered = searcher.answer(requests)
+            answered: dict[str, Reply] = {}
 
-            except Exception as exc:  # a bug must cost this batch an error reply, not the worker
-                log.exception("batch failed")
-                answered = {r.id: Reply.error(r.id, SERVER_ERROR, f"{type(exc).__name__}: {exc}") for r in requests}
+            def failed(r, exc: Exception) -> None:  # answer() raised: a bug, costing only its request
+                log.error("request failed outside its batch step", exc_info=exc, extra={"request": r.id})
+                answered[r.id] = Reply.failed(r.id, exc)
+
+            run_isolated(requests, lambda rs: answered.update(searcher.answer(rs)), failed)
             took = (time.perf_counter() - started) * 1000
             for r in requests:
                 reply = answered.get(r.id) or Reply.error(r.id, SERVER_ERROR, "no answer produced")

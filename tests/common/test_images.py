@@ -122,3 +122,31 @@ def test_transparent_png_is_composited_on_white():
     rgba = Image.new("RGBA", (10, 10), (0, 0, 0, 0))
     dec = decode_image(encode(rgba, "PNG"), MAX_BYTES, MAX_PIXELS)
     assert dec.image.getpixel((5, 5)) == (255, 255, 255)
+
+
+def test_query_images_are_scaled_down_once_and_keep_their_turn():
+    from common.images import QUERY_MAX_SIDE, decode_query_image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to view"
+    for fmt, mode in (("JPEG", "RGB"), ("PNG", "RGBA"), ("PNG", "P"), ("PNG", "I;16"), ("GIF", "P")):
+        buf = io.BytesIO()
+        Image.new(mode, (3000, 1200)).save(buf, fmt, **({"exif": exif.tobytes()} if fmt != "GIF" else {}))
+        out = decode_query_image(buf.getvalue(), 10**8, 10**8)
+        assert out.image.mode == "RGB" and max(out.image.size) == QUERY_MAX_SIDE, (fmt, mode, out.image.size)
+        if fmt != "GIF":
+            assert out.image.height > out.image.width  # upright: the EXIF turn applied after the downscale
+        assert (out.width, out.height) == (3000, 1200)
+    small = io.BytesIO()
+    Image.new("RGB", (28, 28), "red").save(small, "PNG")
+    assert decode_query_image(small.getvalue(), 10**6, 10**6).image.size == (28, 28)  # never enlarged
+
+
+def test_query_pixel_limit_is_read_from_the_header():
+    from common.images import decode_query_image
+
+    buf = io.BytesIO()
+    Image.new("1", (10_000, 10_000)).save(buf, "PNG")  # 100 MP in a few KB
+    with pytest.raises(ImageError) as info:
+        decode_query_image(buf.getvalue(), 10**7, 40_000_000)
+    assert info.value.reason == "too_many_pixels"

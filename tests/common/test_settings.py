@@ -62,3 +62,42 @@ def test_readme_documents_every_setting():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     missing = [PREFIX + f.upper() for f in FIELDS if PREFIX + f.upper() not in readme]
     assert not missing, f"README configuration table lacks {missing}"
+
+
+@pytest.mark.parametrize("url, secret, kept", [
+    ("redis://cache:6379/0?password=topsecret", "topsecret", "redis://cache:6379/0?password=****"),
+    ("redis://:pw1@cache/0?db=2&auth_token=tok9", "tok9", "redis://****@cache/0?db=2&auth_token=****"),
+    ("http://milvus:19530?token=root:pw", "root:pw", "http://milvus:19530?token=****"),
+    ("https://e/x?X-Amz-Signature=abc123&X-Amz-Credential=AK/2", "abc123", "X-Amz-Credential=****"),
+    ("http://vllm:8000/v1#key=k1", "k1", "http://vllm:8000/v1#****"),
+])
+def test_credentials_in_url_query_strings_are_masked(url, secret, kept):
+    s = Settings.from_env({"IMGSEARCH_REDIS_URL": url, "IMGSEARCH_CAPTION_ENDPOINT": url})
+    shown = "\n".join(f"{k}={v}" for k, v, _ in s.describe())
+    assert secret not in shown
+    assert kept in shown
+
+
+def test_query_limits_and_gateway_hosts():
+    s = Settings.from_env({"IMGSEARCH_QUERY_URI_BUCKETS": "photos, shop-images ,photos"})
+    assert s.query_buckets() == frozenset({"photos", "shop-images"})
+    assert Settings.from_env({}).query_buckets() == frozenset()  # empty: every image URI refused
+    assert Settings.from_env({}).trusted_hosts() == frozenset({"localhost", "127.0.0.1", "::1"})
+    assert Settings.from_env({"IMGSEARCH_GATEWAY_API_KEY": "k"}).trusted_hosts() is None  # a key: any host
+    pinned = Settings.from_env({"IMGSEARCH_GATEWAY_API_KEY": "k", "IMGSEARCH_GATEWAY_TRUSTED_HOSTS": "Search.Example"})
+    assert pinned.trusted_hosts() == frozenset({"search.example"})
+    assert Settings.from_env({"IMGSEARCH_GATEWAY_TRUSTED_HOSTS": "*"}).trusted_hosts() is None
+    bound = Settings.from_env({"IMGSEARCH_GATEWAY_HOST": "10.0.0.5"})
+    assert "10.0.0.5" in bound.trusted_hosts()
+
+
+@pytest.mark.parametrize("env, fragment", [
+    ({"IMGSEARCH_QUERY_URI_BUCKETS": "../etc"}, "IMGSEARCH_QUERY_URI_BUCKETS takes S3 bucket names"),
+    ({"IMGSEARCH_QUERY_MAX_IMAGE_PIXELS": "0"}, "IMGSEARCH_QUERY_MAX_IMAGE_PIXELS must be >= 1"),
+    ({"IMGSEARCH_QUERY_MAX_BACKLOG": "50", "IMGSEARCH_QUERY_STREAM_MAX_LEN": "10"},
+     "IMGSEARCH_QUERY_STREAM_MAX_LEN"),
+    ({"IMGSEARCH_GATEWAY_MAX_BODY_BYTES": "0"}, "IMGSEARCH_GATEWAY_MAX_BODY_BYTES must be >= 1"),
+])
+def test_bad_query_side_values_name_the_variable(env, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        Settings.from_env(env)

@@ -107,6 +107,6 @@ def test_api_key_timeout_and_openapi(gateway_settings):
         paths = http.get("/openapi.json").json()["paths"]
         assert {"/v1/search", "/v1/search/image", "/healthz", "/readyz", "/metrics"} <= set(paths)
     open_settings = gateway_settings.with_overrides(gateway_api_key="")
-    with TestClient(create_app(open_settings)) as http:
+    with TestClient(create_app(open_settings), base_url="http://127.0.0.1") as http:
         late = http.post("/v1/search", json={"text": "a coat", "timeout_ms": 200})
         assert late.status_code == 504

@@ -44,7 +44,7 @@ def test_client_request_round_trips_through_the_worker_parser():
     (doc(deadline="soon"), "deadline must be"),
     (doc(k=0), "k must be an integer from 1 to 1000"),
     (doc(k=True), "k must be an integer"),
-    (doc(channels=["bm42"]), "unsupported channels"),
+    (doc(channels=["bm42"]), "unknown channels"),
     (doc(channels=[]), "channels must be a non-empty list"),
     (doc(channels="clip"), "channels must be a non-empty list"),
     (doc(channels=["phash"]), "phash channel needs an image query"),
@@ -55,7 +55,6 @@ def test_client_request_round_trips_through_the_worker_parser():
     (doc(query={"sql": "drop"}), "unknown query kind 'sql'"),
     (doc(query={"text": "   "}), "non-empty string"),
     (doc(query={"image": "!!notbase64!!"}), "not valid base64"),
-    (doc(query={"image": base64.b64encode(b"x" * (LIMIT + 1)).decode()}), "larger than the limit"),
     (doc(query={"image_uri": "file:///etc/passwd"}), "s3:// URI"),
     (doc(query={"like": "not-a-uri"}), "URI of an indexed image"),
     (doc(filters=[{"field": "model", "op": "==", "value": "x"}]), "unknown filter field 'model'"),
@@ -65,6 +64,12 @@ def test_malformed_requests_are_refused_with_a_clear_message(raw, fragment):
     with pytest.raises(ProtocolError, match=fragment) as info:
         parse(raw)
     assert info.value.code == "bad_request"
+
+
+def test_oversized_image_is_refused_as_too_large():
+    with pytest.raises(ProtocolError, match="larger than the limit") as info:
+        parse(doc(query={"image": base64.b64encode(b"x" * (LIMIT + 1)).decode()}))
+    assert info.value.code == "too_large"
 
 
 def test_image_at_the_limit_is_accepted():
@@ -90,7 +95,7 @@ def test_replies_round_trip_and_broken_replies_are_server_errors():
 @pytest.mark.parametrize("kwargs, fragment", [
     ({}, "exactly one of text, image, like"),
     ({"text": "a", "like": 3}, "exactly one of"),
-    ({"image": "/no/such/file.png"}, "cannot read query image"),
+    ({"image": "/etc/passwd"}, "the client never reads files"),
     ({"text": "a", "filters": [{"field": "uri", "op": "like", "value": "%"}]}, "operator 'like' is not allowed"),
 ])
 def test_client_refuses_bad_calls_before_sending(kwargs, fragment):
@@ -127,3 +132,69 @@ def test_reply_hits_carry_their_evidence():
                                                  "clip": {"rank": 3, "score": 0.21}})
     back = parse_reply(Reply("r3", True, [hit]).to_json())
     assert back.hits == [FusedHit(7, "s3://b/sign.png", 0.032, hit.evidence)]
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    ({"query": {"text": "a red \ud800 shoe"}}, "lone surrogate"),
+    ({"query": {"like": "s3://b/\udcff.png"}}, "lone surrogate"),
+    ({"filters": [{"field": "uri", "op": "==", "value": "\udc80"}]}, "lone surrogate"),
+    ({"must": ["ok", "\ud83d"]}, "lone surrogate"),
+    ({"query": {"like": 2**63}}, "query.like must be an integer from 1 to"),
+    ({"query": {"like": 0}}, "query.like must be an integer from 1 to"),
+    ({"query": {"like": -5}}, "query.like must be an integer from 1 to"),
+    ({"query": {"like": True}}, "indexed image id"),
+    ({"query": {"like": 1.5}}, "indexed image id"),
+    ({"k": "10"}, "k must be an integer"),
+    ({"k": 10.0}, "k must be an integer"),
+    ({"v": 1.0}, "unsupported schema version"),
+    ({"v": True}, "unsupported schema version"),
+    ({"deadline": 2**80}, "deadline must be"),
+    ({"query": {"image_uri": "s3://../etc/passwd"}}, "valid bucket name"),
+    ({"query": {"image_uri": "s3://bucket"}}, "valid bucket name and a key"),
+    ({"query": {"image_uri": "/proc/self/environ"}}, "s3:// URI"),
+    ({"filters": [{"field": "width", "op": ">", "value": 2**64}]}, "64-bit integers"),
+    ({"filters": [{"field": "width", "op": ">", "value": True}]}, "64-bit integers"),
+    ({"channels": [["clip"]]}, "channels must be a non-empty list"),
+])
+def test_every_field_is_checked_when_parsed(overrides, fragment):
+    """What once passed the parser and then failed a whole batch deep in the model or Milvus."""
+    with pytest.raises(ProtocolError, match=fragment) as info:
+        parse(doc(**overrides))
+    assert info.value.code == "bad_request"
+
+
+def test_hostile_documents_get_a_protocol_error_not_a_crash():
+    for raw in ("[" * 100_000, '{"v": 1, "id": "x", "deadline": 1, "query": ' + "[" * 5000 + "]" * 5000 + "}",
+                b"\xff\xfe\x00", '{"v": 1, "id": "a", "deadline": 5, "query": {"text": "x"}, "\\ud800": 1}'):
+        with pytest.raises(ProtocolError):
+            parse(raw)
+
+
+def test_the_client_refuses_what_the_worker_refuses():
+    """build_request runs the protocol's own parser: the same strictness on both sides."""
+    for kwargs in ({"like": True}, {"like": 2**63}, {"text": "\ud800"}, {"text": "a", "k": "10"},
+                   {"text": "a", "filters": [{"field": "uri", "op": "==", "value": "\udc00"}]},
+                   {"image": "s3://Bad_Bucket/k"}):
+        with pytest.raises(BadRequest):
+            build_request(**kwargs)
+    with pytest.raises(BadRequest) as info:
+        build_request(image=b"x" * 101, max_image_bytes=100)
+    assert info.value.code == "too_large"
+    from pathlib import Path
+
+    for local in ("/etc/passwd", "/dev/zero", "/proc/self/environ", Path("/etc/hostname"), "file:///etc/passwd"):
+        with pytest.raises(BadRequest, match="never reads files"):
+            build_request(image=local)
+
+
+def test_vocabulary_is_the_one_source_of_codes_and_limits():
+    import common.errors as errors
+    from query import client, gateway, protocol, search, vocabulary
+
+    assert protocol.MAX_K is vocabulary.MAX_K and search.MAX_K is vocabulary.MAX_K
+    assert protocol.CHANNELS is vocabulary.CHANNELS is search.CHANNELS
+    assert gateway.STATUS is vocabulary.STATUS
+    typed = [errors.QueryError, errors.QueryNotFound, errors.QueryTooLarge, errors.BadQueryImage,
+             errors.QueryOverloaded, client.SearchTimeout, client.ServerError, client.Overloaded]
+    assert all(cls.code in vocabulary.ERROR_CODES for cls in typed)
+    assert set(vocabulary.ERROR_CODES) <= set(vocabulary.STATUS) | {"unprocessable"}

@@ -17,6 +17,13 @@ from query.search import SearchService
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 
+def approx_evidence(evidence: dict) -> dict:
+    """Evidence with scores to 4 decimals and no ranks: two processes may differ in a float's
+    last digit, and so order a channel's exactly tied hits (images sharing a tag) differently."""
+    return {name: {**{k: v for k, v in ev.items() if k != "rank"}, "score": round(ev["score"], 4)}
+            for name, ev in evidence.items()}
+
+
 def test_hybrid_requests_match_the_in_process_service(queue_settings, start_worker, samples_dir):
     start_worker(queue_settings)
     service = SearchService(queue_settings)
@@ -28,7 +35,7 @@ def test_hybrid_requests_match_the_in_process_service(queue_settings, start_work
     def same(kwargs, got):
         expected = service.search(k=5, **kwargs)
         assert [h.id for h in got.hits] == [h.id for h in expected], kwargs
-        assert [h.evidence for h in got.hits] == [h.evidence for h in expected]
+        assert [approx_evidence(h.evidence) for h in got.hits] == [approx_evidence(h.evidence) for h in expected]
 
     for kwargs in calls:
         same(kwargs, client.search(k=5, **kwargs))
@@ -53,7 +60,7 @@ def test_bad_channels_and_must_get_error_replies(queue_settings, start_worker):
     start_worker(queue_settings)
     r = redis.Redis.from_url(queue_settings.redis_url)
     stream = queue_settings.query_stream
-    cases = {"unknown": ({"channels": ["clip", "bm42"]}, "unsupported channels ['bm42']"),
+    cases = {"unknown": ({"channels": ["clip", "bm42"]}, "unknown channels ['bm42']"),
              "phash_text": ({"channels": ["phash"]}, "phash channel needs an image query"),
              "must_type": ({"must": "coat"}, "must takes a list"),
              "empty": ({"channels": []}, "non-empty list")}

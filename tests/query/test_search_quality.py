@@ -62,7 +62,7 @@ def test_image_to_image_precision_at_10(service, samples_dir):
 
 def test_query_image_file_finds_itself_first(service, samples_dir):
     path = sorted(samples_dir.glob("sneaker/*.png"))[3]
-    hits = service.search_image(path, 5)
+    hits = service.search_image(path.read_bytes(), 5)
     assert hits[0].uri == path.as_uri()
     assert hits[0].score == pytest.approx(1.0, abs=1e-4)
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
@@ -73,7 +73,11 @@ def test_query_image_file_finds_itself_first(service, samples_dir):
     (lambda s: s.search_text("shoe", k=0), "k must be"),
     (lambda s: s.search_text("shoe", k=5000), "k must be"),
     (lambda s: s.search_image(b"<html></html>"), "bad query image"),
-    (lambda s: s.search_image("/nonexistent/q.png"), "cannot read query image"),
+    (lambda s: s.search_image("/etc/passwd"), "must be given as bytes"),
+    (lambda s: s.search(image="/etc/passwd"), "must be given as bytes"),
+    (lambda s: s.search_like("²"), "--like takes an image id"),
+    (lambda s: s.search_like(2**64), "must be an integer from 1 to"),
+    (lambda s: s.search_like("s3://b/\udcff"), "lone surrogate"),
     (lambda s: s.search_like("12345"), "no indexed image"),
     (lambda s: s.search_like("x'; drop"), "--like takes an image id"),
     (lambda s: s.search_like('file:///a" or id > 0 or uri == "'), "no indexed image"),

@@ -26,6 +26,8 @@ from tests.query.web_stack import ingest_job, running_worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
+LOCAL = "http://127.0.0.1"  # a keyless gateway answers only trusted hosts (DNS-rebinding guard)
+
 
 @pytest.fixture(scope="module")
 def web_collection(tmp_path_factory, model_cache, samples_dir, milvus_server):
@@ -63,7 +65,7 @@ def worker(web_settings, tmp_path_factory):
 
 @pytest.fixture
 def http(web_settings, worker):
-    with TestClient(create_app(web_settings)) as client:
+    with TestClient(create_app(web_settings), base_url=LOCAL) as client:
         yield client
 
 
@@ -75,7 +77,7 @@ def row_of(settings, name: str) -> dict:
 
 
 def test_page_and_assets_are_served_locally_and_capabilities_follow_the_protocol(web_settings):
-    with TestClient(create_app(web_settings)) as http:  # no worker needed for static files
+    with TestClient(create_app(web_settings), base_url=LOCAL) as http:  # no worker needed for static files
         page = http.get("/")
         assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
         assert '<script src="/static/app.js"' in page.text and "://" not in page.text
@@ -119,7 +121,7 @@ def test_thumbnails_of_indexed_images_with_limits_caching_and_clear_errors(web_s
     assert http.get("/v1/thumbnails/1", params={"uri": "file:///etc/passwd"}).status_code == 404
 
     # The byte limit of the gateway applies to the source object: 413, not a decode attempt.
-    with TestClient(create_app(web_settings.with_overrides(max_image_bytes=2000))) as strict:
+    with TestClient(create_app(web_settings.with_overrides(max_image_bytes=2000)), base_url=LOCAL) as strict:
         over = strict.get(f"/v1/thumbnails/{big['id']}", params={"size": 64})
         assert over.status_code == 413 and "too_large" in over.json()["error"]["message"]
 
@@ -195,7 +197,7 @@ def test_collection_map_is_cached_until_the_collection_changes(web_settings, web
     assert (third["cached"], third["count"]) == (False, count + 5)
     assert http.app.state.maps.computed == 2
 
-    with TestClient(create_app(web_settings.with_overrides(map_sample=10))) as capped:
+    with TestClient(create_app(web_settings.with_overrides(map_sample=10)), base_url=LOCAL) as capped:
         small = capped.get("/v1/map").json()
         assert small["count"] == count + 5 and 1 <= small["sampled"] == len(small["points"]) <= 10
 
@@ -215,14 +217,14 @@ def test_thumbnails_of_images_indexed_from_s3(web_settings, web_collection, http
     kept, gone = sorted((r for r in ImageStore(web_settings).sample(1000)[1] if r["uri"].startswith(f"s3://{bucket}/")),
                         key=lambda r: r["uri"])
     client.delete_object(Bucket=bucket, Key=gone["uri"].split(f"s3://{bucket}/", 1)[1])
-    with TestClient(create_app(web_settings.with_overrides(**s3))) as s3_http:
+    with TestClient(create_app(web_settings.with_overrides(**s3)), base_url=LOCAL) as s3_http:
         got = s3_http.get(f"/v1/thumbnails/{kept['id']}", params={"size": 64})
         assert got.status_code == 200, got.text
         assert Image.open(io.BytesIO(got.content)).size == (28, 28)
         missing = s3_http.get(f"/v1/thumbnails/{gone['id']}", params={"size": 64})
         assert missing.status_code == 404 and "no longer exists" in missing.json()["error"]["message"], missing.text
     wrong = web_settings.with_overrides(**{**s3, "s3_secret_key": "wrong-secret"})
-    with TestClient(create_app(wrong)) as bad_http:
+    with TestClient(create_app(wrong), base_url=LOCAL) as bad_http:
         refused = bad_http.get(f"/v1/thumbnails/{kept['id']}", params={"size": 64})
         assert refused.status_code == 502 and "cannot fetch" in refused.json()["error"]["message"], refused.text
 
