@@ -132,10 +132,18 @@ class Cluster:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
 
+    def freeze(self, proc: subprocess.Popen) -> None:
+        """SIGSTOP the worker's whole group: it holds what it holds and acknowledges nothing."""
+        os.killpg(proc.pid, signal.SIGSTOP)
+
+    def thaw(self, proc: subprocess.Popen) -> None:
+        os.killpg(proc.pid, signal.SIGCONT)
+
     def stop_all(self) -> None:
         for proc, _ in self.workers:
             if proc.poll() is None:
                 try:
+                    os.killpg(proc.pid, signal.SIGCONT)  # a frozen worker cannot act on SIGTERM
                     os.killpg(proc.pid, signal.SIGTERM)
                     proc.wait(15)
                 except subprocess.TimeoutExpired:

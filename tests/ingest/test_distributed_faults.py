@@ -43,20 +43,38 @@ def enqueue(dist, prefix: str) -> str:
     return json.loads(run.stdout)["job"]
 
 
+def held_by_queue(dist) -> list[str]:
+    """Routing keys (queues) of the messages delivered but not yet acknowledged."""
+    return [json.loads(v)[2] for v in dist.redis.client().hvals("unacked")]
+
+
 def test_sigkilled_embed_worker_batch_comes_back_and_counts_stay_exact(dist):
-    # Embed must be the slowest stage here, so it still holds a batch when two batches are done:
-    # the OCR/caption stages are off (their redelivery is tested in test_distributed_text.py).
+    # The embed worker starts only when all 15 tasks wait in its queue, and it is struck only
+    # while it is observed to hold one of them in `unacked`: it is stopped (SIGSTOP, so it
+    # can acknowledge nothing), `unacked` is read again, and only then is it SIGKILLed. No
+    # timing is guessed; a busy CPU only makes the test slower.
     dist.set(batch_size=8, batches_per_task=2, visibility_timeout=15, batch_time_limit=12,
              unacked_restore_interval=1, ocr_enabled="false", caption_backend="off")
     uris = upload(dist)
     dist.start_worker("ocr,caption,finish,plan", "cpu")
-    embed = dist.start_worker("embed", "embed")
     job_id = enqueue(dist, "lot/")
     jobs = dist.jobs()
-    dist.wait_for(lambda: jobs.get(job_id).batches_done >= 2, 180, "two batches done")
+    dist.wait_for(lambda: jobs.get(job_id).planned, 180, "the job planned")
+    assert jobs.get(job_id).batches_total == N // 16
+    embed = dist.start_worker("embed", "embed")
+
+    def holding_embed() -> bool:
+        if "embed" not in held_by_queue(dist):
+            return False
+        dist.freeze(embed)
+        if "embed" in held_by_queue(dist):
+            return True
+        dist.thaw(embed)  # it acknowledged in between: look again
+        return False
+
+    dist.wait_for(holding_embed, 300, "the embed worker holding a batch in unacked")
     dist.kill_worker(embed)
-    unacked = [json.loads(v)[2] for v in dist.redis.client().hvals("unacked")]
-    assert "embed" in unacked, "the killed worker held no embed batch"  # so one must come back
+    assert "embed" in held_by_queue(dist)  # so one must come back
     before = jobs.get(job_id)
     assert before.status == "running" and before.batches_done < before.batches_total
 
