@@ -84,8 +84,8 @@ def embed_split(log_path: Path, job_id: str, wall_s: float) -> dict[str, float]:
 def chain_overhead(settings: Settings, n: int) -> float:
     """Seconds per batch of pure Celery/Redis work: n chains with empty manifests."""
     from common.jobs import JobStore
-    from ingest.stages import batch_spec
-    from ingest.tasks import enqueue_batch
+    from ingest.dispatch import enqueue_batch
+    from ingest.planning import batch_spec
 
     store = JobStore.from_url(settings.redis_url)
     job_id = store.create("s3://overhead/", settings.collection)

@@ -85,6 +85,31 @@ return total - tonumber(ARGV[1])
 """
 
 
+_START_PLAN_LUA = """
+-- KEYS: job hash, batches hash, dead hash, listed set. ARGV: cursor json, then counters to zero.
+-- The first step of a job starts its plan (new epoch, zeroed counts, the first checkpoint);
+-- every later call (a resumed or redelivered step) returns the checkpoint as it is.
+local cur = redis.call('HGET', KEYS[1], 'plan_cursor')
+if cur then return {tonumber(redis.call('HGET', KEYS[1], 'epoch')), cur} end
+local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
+for i = 2, #ARGV do redis.call('HSET', KEYS[1], ARGV[i], '0') end
+redis.call('HSET', KEYS[1], 'planned', '0', 'plan_cursor', ARGV[1])
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+return {epoch, ARGV[1]}
+"""
+
+_COMMIT_PLAN_LUA = """
+-- KEYS: job hash. ARGV: epoch, expected step, cursor json, then field/value pairs.
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return -1 end
+if redis.call('HGET', KEYS[1], 'status') == 'cancelled' then return -2 end
+local cur = redis.call('HGET', KEYS[1], 'plan_cursor')
+if not cur or cjson.decode(cur)['step'] ~= tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], 'plan_cursor', ARGV[3])
+for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+return 1
+"""
+
+
 class JobNotFoundError(ImgsearchError):
     """No job with that id exists in Redis."""
 
@@ -106,6 +131,7 @@ class Job:
     counters: dict[str, int] = field(default_factory=dict)
     kind: str = "ingest"  # ingest | reindex | migrate
     options: dict = field(default_factory=dict)  # per kind: a migration's model, a run's lock ...
+    plan: dict = field(default_factory=dict)  # the plan's checkpoint (ingest/planning.py Cursor)
 
     def __getattr__(self, name: str) -> int:
         if name in COUNTERS or name in REINDEX_COUNTERS:
@@ -117,6 +143,14 @@ class Job:
         """Objects with a final outcome so far (the progress bar's position)."""
         return self.counters.get("unchanged", 0) + self.counters.get("indexed", 0) + self.counters.get("failed", 0)
 
+    def planning(self) -> dict:
+        """Planning progress: listed so far, objects/s, the next step, whether listing ended."""
+        p = self.plan
+        seconds = float(p.get("updated_at") or 0) - float(p.get("started_at") or 0)
+        listed = int(p.get("listed", 0))
+        return {"listed": listed, "rate": round(listed / seconds, 1) if seconds > 0 else 0.0,
+                "step": int(p.get("step", 0)), "done": bool(p.get("done", False))}
+
     @property
     def finished(self) -> bool:
         return self.status not in ACTIVE
@@ -125,7 +159,7 @@ class Job:
         return {"id": self.id, "source": self.source, "collection": self.collection, "status": self.status,
                 "include": self.include, "created_at": self.created_at, "finished_at": self.finished_at,
                 "error": self.error or None, **{c: self.counters.get(c, 0) for c in COUNTERS},
-                "kind": self.kind, "options": self.options,
+                "kind": self.kind, "options": self.options, "planning": self.planning(),
                 **({c: self.counters.get(c, 0) for c in REINDEX_COUNTERS} if self.kind != "ingest" else {})}
 
 
@@ -154,6 +188,8 @@ class JobStore:
         self._finish = client.register_script(_FINISH_LUA)
         self._planned = client.register_script(_PLANNED_LUA)
         self._add_batches = client.register_script(_ADD_BATCHES_LUA)
+        self._start_plan = client.register_script(_START_PLAN_LUA)
+        self._commit_plan = client.register_script(_COMMIT_PLAN_LUA)
 
     @classmethod
     def from_url(cls, url: str) -> "JobStore":
@@ -188,6 +224,23 @@ class JobStore:
         pipe.delete(self.key(job_id, "batches"), self.key(job_id, "dead"))
         pipe.execute()
         return epoch
+
+    def start_plan(self, job_id: str, cursor: dict) -> tuple[int, dict]:
+        """(epoch, checkpoint): the first call starts the plan with ``cursor``; later calls
+        (resumed or redelivered steps) get the stored checkpoint."""
+        self.get(job_id)
+        zeroed = [c for c in COUNTERS + REINDEX_COUNTERS if c != "encoded"]
+        epoch, raw = self._start_plan(keys=[self.key(job_id), self.key(job_id, "batches"), self.key(job_id, "dead"),
+                                            self.key(job_id, "listed")], args=[json.dumps(cursor), *zeroed])
+        return int(epoch), json.loads(raw)
+
+    def commit_plan(self, job_id: str, epoch: int, expected_step: int, cursor: dict, **fields) -> bool:
+        """Store a plan checkpoint (and the job's counters) if the stored one is still at
+        ``expected_step`` in this epoch: a duplicate step cannot commit a slice twice."""
+        args: list = [epoch, expected_step, json.dumps(cursor)]
+        for k, v in fields.items():
+            args += [k, v]
+        return int(self._commit_plan(keys=[self.key(job_id)], args=args)) == 1
 
     def plan_progress(self, job_id: str, epoch: int, listed: int, unchanged: int, enqueued: int) -> None:
         """Counts while listing (shown by ``--wait``); only the plan writes these fields."""
@@ -265,7 +318,8 @@ class JobStore:
                    planned=h.get("planned") == "1",
                    finished_at=float(h["finished_at"]) if h.get("finished_at") else None,
                    error=h.get("error", ""), counters={c: int(h.get(c, 0)) for c in COUNTERS + REINDEX_COUNTERS},
-                   kind=h.get("kind", "ingest"), options=json.loads(h.get("options", "{}")))
+                   kind=h.get("kind", "ingest"), options=json.loads(h.get("options", "{}")),
+                   plan=json.loads(h.get("plan_cursor", "{}")))
 
     def list(self, limit: int = 50) -> list[Job]:
         ids = [i.decode() for i in self.r.zrevrange(PREFIX + "jobs", 0, limit - 1)]

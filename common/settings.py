@@ -142,6 +142,12 @@ class Settings:
                 "their visibility timeout has passed."})
     batch_time_limit: int = field(default=1800, metadata={
         "help": "Hard time limit (seconds) of one ingest task; the batch is then dead-lettered."})
+    plan_slice_objects: int = field(default=20000, metadata={
+        "help": "Most source objects one plan step lists and diffs before it checkpoints the "
+                "listing position in the job and enqueues the next step."})
+    plan_slice_seconds: float = field(default=60.0, metadata={
+        "help": "Most seconds one plan step lists before it checkpoints (far below "
+                "IMGSEARCH_BATCH_TIME_LIMIT, whatever the source's size)."})
     batches_per_task: int = field(default=4, metadata={
         "help": "Encoder batches per embed task: fetch/decode of batch N+1 overlaps encoding of N."})
     task_max_retries: int = field(default=5, metadata={

@@ -36,7 +36,9 @@ class Source:
 
     root: str
 
-    def list(self) -> Iterator[SourceObject]:
+    def list(self, start_after: str = "") -> Iterator[SourceObject]:
+        """Objects in a stable order; with ``start_after`` (a URI this listing returned),
+        only those after it: a planner resumes its listing from a checkpoint."""
         raise NotImplementedError
 
     def fetch(self, uri: str, max_bytes: int) -> bytes:
@@ -72,7 +74,7 @@ class LocalFiles(Source):
 
     root = "file:///"
 
-    def list(self) -> Iterator[SourceObject]:
+    def list(self, start_after: str = "") -> Iterator[SourceObject]:
         raise SourceError("LocalFiles only fetches; list a LocalSource instead")
 
     def fetch(self, uri: str, max_bytes: int) -> bytes:
@@ -96,13 +98,17 @@ class LocalSource(LocalFiles):
         self.root = self.path.as_uri()
         self.include = include
 
-    def list(self) -> Iterator[SourceObject]:
+    def list(self, start_after: str = "") -> Iterator[SourceObject]:
+        skipping = bool(start_after)  # the walk's order is stable: skip up to that URI
         for dirpath, dirnames, filenames in os.walk(self.path, onerror=_raise_walk_error):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for name in sorted(filenames):
                 if name.startswith(".") or not _included(name, self.include):
                     continue
                 path = Path(dirpath) / name
+                if skipping:
+                    skipping = path.as_uri() != start_after
+                    continue
                 try:
                     st = path.stat()
                 except OSError:
@@ -141,12 +147,14 @@ class S3Source(Source):
             client = self._local.client = s3_client(self.settings)
         return client
 
-    def list(self) -> Iterator[SourceObject]:
+    def list(self, start_after: str = "") -> Iterator[SourceObject]:
+        """In key order (ListObjectsV2); ``start_after`` resumes after that object's key."""
         import botocore.exceptions
 
         paginator = self.client.get_paginator("list_objects_v2")
+        extra = {"StartAfter": split_s3_uri(start_after)[1]} if start_after else {}
         try:
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix, **extra):
                 for obj in page.get("Contents", []):
                     key = obj["Key"]
                     if key.endswith("/") or not _included(key.rsplit("/", 1)[-1], self.include):

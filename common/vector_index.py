@@ -16,7 +16,10 @@ choose HNSW (``IMGSEARCH_VECTOR_INDEX``).
 
 from __future__ import annotations
 
-from common.settings import Settings
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # settings imports this module to validate IMGSEARCH_VECTOR_INDEX
+    from common.settings import Settings
 
 INDEX_TYPES = ("auto", "FLAT", "IVF_FLAT", "HNSW")
 IVF_NLIST = 1024

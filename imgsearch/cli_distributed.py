@@ -144,9 +144,9 @@ def cmd_dead_letters(args, settings) -> int:
                 print(f"{e['reason']:<16} attempts={e['attempts']}  {e['uri']}  ({e['message']})")
             print(f"{len(entries)} dead letter(s) in job {args.job}")
         return EXIT_OK
-    from ingest.tasks import enqueue_dead_letter_retry
+    from ingest.dispatch import enqueue_dead_letter_retry
 
-    batches = enqueue_dead_letter_retry(args.job)
+    batches = enqueue_dead_letter_retry(args.job, settings)
     if not args.wait:
         print(json.dumps({"job": args.job, "batches": batches}) if args.json
               else f"job {args.job}: {batches} retry batch(es) enqueued")

@@ -1,5 +1,8 @@
 """The Celery app (``celery -A ingest.app worker``), configured from :class:`Settings`.
 
+It only builds the app: no job logic. The app knows its tasks by ``include`` only; the
+operator side sends them by name through :mod:`ingest.dispatch`.
+
 Reliability choices (DESIGN.md "Invariants"), and why:
 
 - ``task_acks_late`` + ``worker_prefetch_multiplier=1``: a task is acknowledged only after
@@ -21,12 +24,28 @@ from __future__ import annotations
 from celery import Celery
 from kombu import Queue
 
+from common.errors import ConfigError
 from common.settings import Settings
 from ingest.health import install_heartbeat
-from ingest.schedules import beat_schedule
 
 QUEUES = ("plan", "embed", "ocr", "caption", "finish")
 ROUTES = {f"ingest.{name}": {"queue": name} for name in QUEUES}
+SCHEDULED_REINDEX = "ingest.scheduled_reindex"  # the task beat sends (ingest/schedules.py)
+
+
+def beat_schedule(settings: Settings) -> dict:
+    """Celery's ``beat_schedule`` for ``IMGSEARCH_SCHEDULES`` (empty without schedules)."""
+    from celery.schedules import crontab
+
+    out = {}
+    for source, cron in settings.schedule_map().items():
+        try:
+            when = crontab.from_string(cron)
+        except (ValueError, IndexError) as exc:
+            raise ConfigError(f"IMGSEARCH_SCHEDULES: bad cron {cron!r} for {source!r}: {exc}") from None
+        out[f"reindex {source}"] = {"task": SCHEDULED_REINDEX, "schedule": when, "args": [source],
+                                    "options": {"queue": "plan", "expires": 3600}}
+    return out
 
 
 def celery_config(settings: Settings) -> dict:

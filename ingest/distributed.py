@@ -20,13 +20,13 @@ POLL_SECONDS = 0.5
 def submit(location: str, settings: Settings, include: tuple[str, ...] = (), *, kind: str = "ingest",
            options: dict | None = None, job_id: str | None = None) -> str:
     """Record a job and enqueue its plan; returns the job id. Bad locations fail here."""
-    from ingest.tasks import plan
+    from ingest.dispatch import send_plan
 
     source = open_source(location, settings, include)  # validates the URI / folder now
     store = JobStore.from_url(settings.redis_url)
     job_id = store.create(source.root, settings.collection, include, kind=kind, options=options, job_id=job_id)
 
-    plan.apply_async(args=[job_id])
+    send_plan(job_id, settings)
     return job_id
 
 
@@ -53,6 +53,8 @@ def wait(job_id: str, settings: Settings, progress: bool = True, timeout: float 
                 job = None
             if job is not None and bar is not None:
                 bar.total = max(job.listed, job.processed)
+                if not job.planned:
+                    bar.set_description(f"job {job_id} (listed {job.listed}, {job.planning()['rate']:.0f}/s)")
                 bar.update(job.processed - bar.n)
                 bar.set_postfix(status=job.status, indexed=job.indexed, unchanged=job.unchanged,
                                 failed=job.failed, refresh=True)
@@ -74,6 +76,9 @@ def render(job: Job, dead: list[dict] | None = None, max_failures: int = 20) -> 
     lines = [f"job {job.id} [{job.status}] {job.source} -> collection {job.collection!r}: {job.listed} listed, "
              f"{job.indexed} indexed, {job.unchanged} unchanged (skipped), {job.failed} failed  "
              f"[{seconds:.1f}s, {rate}]"]
+    if not job.planned and not job.finished:
+        p = job.planning()
+        lines.append(f"planning: {p['listed']} listed so far at {p['rate']:.1f} objects/s (step {p['step']})")
     if job.error:
         lines.append(f"error: {job.error}")
     if dead:

@@ -5,7 +5,9 @@
    it is created next to the live one. The alias does not move: searches keep using the
    old collection and its own model.
 2. Every row of the live collection is re-encoded from its source object into the new
-   collection: in-process (embedded), or as a ``migrate`` job whose batches run on the
+   collection. The rows are listed and diffed by the same resumable plan steps as a
+   source (:mod:`ingest.planning`, rows in primary-key order): in-process (embedded), or
+   as a ``migrate`` job whose batches run on the
    embed workers with the new model (each batch names it), tracked like any job
    (``imgsearch jobs status``; failures are dead letters, retryable).
 3. When the job is done with no failures, the alias is moved in ONE ``alter_alias`` call:
@@ -22,8 +24,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from common.errors import CollectionNotFoundError, ImgsearchError
@@ -32,12 +32,10 @@ from common.models.clip import load_clip
 from common.settings import Settings
 from common.sources import SourceObject
 from common.store import ImageStore, milvus_client, version_of
-from ingest.runlock import RunLock, lock_of, migrate_lock_key
+from ingest.runlock import RunLock, migrate_lock_key
 
 log = logging.getLogger(__name__)
 
-ROW_FIELDS = ["id", "uri", "etag", "bytes", "source"]
-EMBEDDED_CHUNK = 4096  # objects per in-process indexing call (memory stays bounded)
 
 
 @dataclass
@@ -104,53 +102,34 @@ def prepare(settings: Settings, model_name: str, pretrained: str, drop_old: bool
     return Migration(store.alias, old, new, model_name, pretrained, model.spec.label(), drop_old)
 
 
-def manifests(settings: Settings, migration_old: str, target: ImageStore, task_size: int, tag: str,
-              counts: dict[str, int]) -> Iterator[tuple[str, list[dict]]]:
-    """(source root, manifest) batches of the live collection's rows, streamed page by page
-    (a collection may hold millions). ``counts`` gets ``rows`` and ``done``: rows already in
-    the target with the same etag and model (a restarted plan) are skipped and counted."""
-    from ingest.stages import LIST_CHUNK, chunks
-
-    old = ImageStore(settings, alias=migration_old)
-    pending: dict[str, list[dict]] = defaultdict(list)
-    counts.update(rows=0, done=0)
-    for page in chunks(old.iter_rows(ROW_FIELDS), LIST_CHUNK):
-        existing = target.existing(int(r["id"]) for r in page)
-        counts["rows"] += len(page)
-        for r in page:
-            got = existing.get(int(r["id"]))
-            if got is not None and got.get("etag") == r["etag"] and got.get("model") == tag:
-                counts["done"] += 1
-                continue
-            items = pending[r["source"]]
-            items.append({"uri": r["uri"], "etag": r["etag"], "size": int(r["bytes"])})
-            if len(items) >= task_size:
-                yield r["source"], pending.pop(r["source"])
-    for root, items in sorted(pending.items()):
-        yield root, items
-
-
 # -- embedded ------------------------------------------------------------------------------------
 def run_migration(settings: Settings, model_name: str, pretrained: str, drop_old: bool = False,
                   progress: bool = True) -> MigrationReport:
-    """The whole migration in this process (embedded mode)."""
+    """The whole migration in this process (embedded mode): the plan steps of a distributed
+    migration, run here; each slice's batches are re-encoded before the next is listed."""
+    from ingest.planning import local_job, run_local
     from ingest.runner import run_ingest
 
     started = time.perf_counter()
     m = prepare(settings, model_name, pretrained, drop_old)
     target_settings = settings.with_overrides(collection=m.new, clip_model=model_name, clip_pretrained=pretrained)
-    target = ImageStore(target_settings)
-    spec = target.model_spec()
-    counts: dict[str, int] = {}
     report = MigrationReport(m.alias, m.old, m.new, m.label)
-    for root, manifest in manifests(settings, m.old, target, EMBEDDED_CHUNK, f"{spec.name}@{spec.digest}", counts):
-        summary = run_ingest(root, target_settings, progress=progress,
-                             objects=[SourceObject(x["uri"], x["etag"], x["size"]) for x in manifest])
-        report.indexed += summary.indexed
-        report.failed += summary.failed
-        report.failures += [f.to_dict() for f in summary.failures]
-    report.rows = counts["rows"]
-    target.flush()
+
+    def index(specs: list[dict]) -> None:
+        by_root: dict[str, list[SourceObject]] = {}
+        for spec in specs:
+            by_root.setdefault(spec["source"], []).extend(
+                SourceObject(x["uri"], x["etag"], x["size"]) for x in spec["manifest"])
+        for root, objects in by_root.items():
+            summary = run_ingest(root, target_settings, progress=progress, objects=objects)
+            report.indexed += summary.indexed
+            report.failed += summary.failed
+            report.failures += [f.to_dict() for f in summary.failures]
+
+    job = local_job("migrate", f"collection:{m.old}", m.new, options={"from": m.old, "model": [m.model, m.weights]})
+    cursor, _ = run_local(job, settings, index)
+    report.rows = cursor.listed
+    ImageStore(target_settings).flush()
     if report.failed:
         report.note = (f"not swapped: {report.failed} image(s) could not be re-encoded; {m.new} is kept. "
                        f"Fix them and re-run, or point the alias yourself.")
@@ -167,7 +146,7 @@ def run_migration(settings: Settings, model_name: str, pretrained: str, drop_old
 def submit_migration(settings: Settings, model_name: str, pretrained: str, drop_old: bool = False) -> str:
     """Take the alias' migration lock, prepare, record a ``migrate`` job, enqueue its plan."""
     from common.jobs import new_job_id
-    from ingest.tasks import plan
+    from ingest.dispatch import send_plan
 
     jobs = JobStore.from_url(settings.redis_url)
     job_id = new_job_id()
@@ -181,36 +160,8 @@ def submit_migration(settings: Settings, model_name: str, pretrained: str, drop_
     jobs.create(f"collection:{m.old}", m.new, kind="migrate", job_id=job_id,
                 options={"alias": m.alias, "from": m.old, "model": [m.model, m.weights], "label": m.label,
                          "drop_old": drop_old, "lock": lock.key})
-    plan.apply_async(args=[job_id])
+    send_plan(job_id, settings)
     return job_id
-
-
-def plan_migration(job_id: str, settings: Settings, jobs: JobStore, enqueue: Callable[[dict], None]) -> dict:
-    """The ``plan`` of a migrate job: shard the live collection's rows into batches that
-    name the new model; counters as for an ingest (listed = rows of the old collection)."""
-    from ingest.stages import batch_spec
-
-    job = jobs.get(job_id)
-    epoch = jobs.begin_plan(job_id)
-    target = ImageStore(settings.with_overrides(collection=job.collection))
-    spec = target.model_spec()
-    task_size = settings.batch_size * settings.batches_per_task
-    lock = lock_of(job, jobs, settings.schedule_lock_ttl)
-    counts: dict[str, int] = {}
-    batches = 0
-    for root, manifest in manifests(settings, job.options["from"], target, task_size,
-                                    f"{spec.name}@{spec.digest}", counts):
-        if jobs.status(job_id) == "cancelled":
-            return {"job": job_id, "cancelled": True}
-        spec_n = batch_spec(job_id, epoch, batches, root, job.collection, manifest)
-        spec_n["model"] = job.options["model"]
-        enqueue(spec_n)
-        batches += 1
-        jobs.plan_progress(job_id, epoch, counts["rows"], counts["done"], batches)
-        if lock is not None:
-            lock.renew(job_id)
-    jobs.planned(job_id, epoch, counts["rows"], counts["done"], batches)
-    return {"job": job_id, "epoch": epoch, "listed": counts["rows"], "unchanged": counts["done"], "batches": batches}
 
 
 def finish_migration(job, settings: Settings, jobs: JobStore) -> None:

@@ -1,10 +1,11 @@
 """Re-index a source: index new and changed objects, remove rows of deleted ones, report.
 
-Built on the ingest stages: the diff (URI -> ETag and model tag) is the one ``plan`` uses,
-indexing is the embed stage, deletion goes through :func:`ingest.removal.remove_images`.
-Embedded mode runs it here in-process; distributed mode submits a ``reindex`` job whose
-``plan`` task does the diff and the deletion on a worker (:func:`ingest.stages.plan_job`),
-holding the source's run lock (:mod:`ingest.runlock`) so two runs never overlap.
+Built on the ingest stages: the plan steps of :mod:`ingest.planning` list and diff the
+source (:mod:`ingest.listing`: URI -> ETag and model tag) slice by slice and sweep the
+index for deletions in bounded memory; indexing is the embed stage, deletion goes through
+:func:`ingest.removal.remove_images`. Embedded mode runs the same steps here in-process;
+distributed mode submits a ``reindex`` job whose ``plan`` steps run on workers, holding
+the source's run lock (:mod:`ingest.runlock`) so two runs never overlap.
 
 Counts: ``new + changed + unchanged == listed`` (what the diff found); ``failed`` counts
 the new or changed objects that could not be indexed (dead letters, with reasons);
@@ -17,29 +18,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from common.ids import image_id
 from common.settings import Settings
 from common.sources import SourceObject, open_source
-from common.store import ImageStore
+from ingest.listing import CHANGED, NEW, UNCHANGED, classify, index_model_tag
 
-NEW, CHANGED, UNCHANGED = "new", "changed", "unchanged"
-
-
-def classify(row: dict | None, obj: SourceObject, tag: str | None) -> str:
-    """new (not indexed), changed (other ETag, or indexed by another model) or unchanged."""
-    if row is None:
-        return NEW
-    if row.get("etag") == obj.etag and row.get("model") == tag:
-        return UNCHANGED
-    return CHANGED
-
-
-def index_model_tag(store: ImageStore) -> str | None:
-    """The model tag rows of this collection carry, or None when nothing is indexed yet."""
-    if not store.exists():
-        return None
-    spec = store.model_spec()
-    return f"{spec.name}@{spec.digest}"
+__all__ = ["CHANGED", "NEW", "UNCHANGED", "ReindexReport", "classify", "index_model_tag", "report_from_job",
+           "run_reindex"]
 
 
 @dataclass
@@ -83,36 +67,27 @@ class ReindexReport:
 
 def run_reindex(location: str, settings: Settings, include: tuple[str, ...] = (),
                 progress: bool = True) -> ReindexReport:
-    """Embedded re-index of ``location`` into the configured collection."""
-    from ingest.removal import remove_images, removed_ids
+    """Embedded re-index of ``location`` into the configured collection: the plan steps of a
+    distributed re-index, run here; each slice's new and changed objects are indexed before
+    the next slice is listed, so memory stays bounded."""
+    from ingest.planning import local_job, run_local
     from ingest.runner import run_ingest
-    from ingest.stages import LIST_CHUNK, chunks
 
     started = time.perf_counter()
     source = open_source(location, settings, include)
-    store = ImageStore(settings)
-    tag = index_model_tag(store)
     report = ReindexReport(source.root, settings.collection)
-    todo: list[SourceObject] = []
-    listed_ids: set[int] = set()
-    for page in chunks(source.list(), LIST_CHUNK):
-        ids = [image_id(o.uri) for o in page]
-        listed_ids.update(ids)
-        existing = store.existing(ids) if tag else {}
-        for obj, oid in zip(page, ids):
-            state = classify(existing.get(oid), obj, tag)
-            setattr(report, state, getattr(report, state) + 1)
-            if state != UNCHANGED:
-                todo.append(obj)
-        report.listed += len(page)
-    if todo:  # only now is a model loaded: a run without changes does no model work
-        summary = run_ingest(location, settings, include, progress=progress, objects=todo)
-        report.encoded = summary.indexed
-        report.failed = summary.failed
-        report.failures = [f.to_dict() for f in summary.failures]
-    report.removed = remove_images(settings, removed_ids(store, source.root, include, listed_ids))
-    if report.removed:
-        store.flush()
+
+    def index(specs: list[dict]) -> None:  # only now is a model loaded: no changes, no model work
+        objects = [SourceObject(m["uri"], m["etag"], int(m["size"])) for spec in specs for m in spec["manifest"]]
+        summary = run_ingest(location, settings, include, progress=progress, objects=objects)
+        report.encoded += summary.indexed
+        report.failed += summary.failed
+        report.failures += [f.to_dict() for f in summary.failures]
+
+    cursor, report.removed = run_local(local_job("reindex", source.root, settings.collection, include),
+                                       settings, index)
+    report.listed, report.new, report.changed, report.unchanged = (cursor.listed, cursor.new, cursor.changed,
+                                                                   cursor.unchanged)
     report.seconds = time.perf_counter() - started
     return report
 

@@ -4,19 +4,19 @@ An image has rows in two places: its row in ``images`` and its OCR/caption/tag r
 ``texts`` (keyed by ``image_id``). Every deletion (re-index of removed objects, operator
 commands) goes through :func:`remove_images`, so no path can leave orphaned text rows.
 
-What counts as removed is scoped to what was listed: only rows whose URI lies under the
-re-indexed source root (and matches its ``--include`` patterns) can be removed, so a
-re-index of ``s3://bucket/shop/`` never touches ``s3://bucket/archive/``.
+What counts as removed is scoped to what was listed (:func:`ingest.listing.removed_pages`):
+only rows whose URI lies under the re-indexed source root (and matches its ``--include``
+patterns) can be removed, so a re-index of ``s3://bucket/shop/`` never touches
+``s3://bucket/archive/``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Iterable
+from collections.abc import Iterable
 
 from common.settings import Settings
-from common.sources import listed_uri_prefix, uri_included
-from common.store import ImageStore, prefix_filter
+from common.store import ImageStore
 from common.texts import delete_texts
 
 log = logging.getLogger(__name__)
@@ -37,18 +37,3 @@ def remove_images(settings: Settings, ids: Iterable[int]) -> int:
     store.delete(ids)
     log.info("removed images", extra={"collection": store.alias, "count": len(ids)})
     return len(ids)
-
-
-def indexed_ids_under(store: ImageStore, root: str, include: tuple[str, ...] = ()) -> Iterable[int]:
-    """Ids of indexed rows whose URI lies under ``root`` (and matches ``include``)."""
-    if not store.exists():
-        return
-    for row in store.iter_rows(["id", "uri"], prefix_filter("uri", listed_uri_prefix(root))):
-
-        if uri_included(row["uri"], include):
-            yield int(row["id"])
-
-
-def removed_ids(store: ImageStore, root: str, include: tuple[str, ...], listed: Collection[int]) -> list[int]:
-    """Indexed ids under ``root`` whose objects were not listed: the source no longer has them."""
-    return [i for i in indexed_ids_under(store, root, include) if i not in listed]

@@ -68,8 +68,8 @@ class RetryingSource(Source):
         self.root = inner.root
         self.attempts = attempts
 
-    def list(self) -> Iterator[SourceObject]:
-        return self.inner.list()
+    def list(self, start_after: str = "") -> Iterator[SourceObject]:
+        return self.inner.list(start_after)
 
     def fetch(self, uri: str, max_bytes: int) -> bytes:
         return call_with_retry(lambda: self.inner.fetch(uri, max_bytes), self.attempts)

@@ -20,30 +20,17 @@ from __future__ import annotations
 import logging
 import time
 
-from common.errors import ConfigError
 from common.jobs import PREFIX, JobStore, new_job_id
 from common.settings import Settings
 from common.sources import open_source
+from ingest.app import SCHEDULED_REINDEX, beat_schedule
 from ingest.runlock import RunLock, RunRefused, record, reindex_lock_key
 
 log = logging.getLogger(__name__)
 
-TASK = "ingest.scheduled_reindex"
+TASK = SCHEDULED_REINDEX
 
-
-def beat_schedule(settings: Settings) -> dict:
-    """Celery's ``beat_schedule`` for the configured sources (empty without schedules)."""
-    from celery.schedules import crontab
-
-    out = {}
-    for source, cron in settings.schedule_map().items():
-        try:
-            when = crontab.from_string(cron)
-        except (ValueError, IndexError) as exc:
-            raise ConfigError(f"IMGSEARCH_SCHEDULES: bad cron {cron!r} for {source!r}: {exc}") from None
-        out[f"reindex {source}"] = {"task": TASK, "schedule": when, "args": [source],
-                                    "options": {"queue": "plan", "expires": 3600}}
-    return out
+__all__ = ["TASK", "beat_schedule", "run_scheduled", "submit_reindex"]
 
 
 def submit_reindex(location: str, settings: Settings, include: tuple[str, ...] = (), trigger: str = "cli") -> str:

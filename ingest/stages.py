@@ -1,4 +1,5 @@
-"""Distributed ingest stages as plain functions: plan, embed, ocr, caption, finish.
+"""Distributed ingest stages as plain functions: embed, ocr, caption, finish (plan steps:
+:mod:`ingest.planning`).
 
 Celery tasks (``ingest/tasks.py``) are thin wrappers over these, so each stage is testable
 without Celery and the embedded runner and the workers share the same work code
@@ -11,101 +12,21 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from itertools import islice
 
-from common.ids import image_id
 from common.jobs import JobStore
 from common.models.clip import ClipModel, load_clip
 from common.settings import Settings
-from common.sources import Source, SourceObject, open_source
+from common.sources import Source, open_source
 from common.store import ImageStore
 from ingest.embed import BatchResult, EmbedContext, prepare_batch, write_batch
-from ingest.reindex import UNCHANGED, classify, index_model_tag
-from ingest.removal import remove_images, removed_ids
+from ingest.planning import BatchSpec
 from ingest.retry import RetryingSource
-from ingest.runlock import lock_of
 
 log = logging.getLogger(__name__)
 
-LIST_CHUNK = 1000  # objects diffed against the index per query while planning
-
-BatchSpec = dict  # {"job", "epoch", "batch", "source", "collection", "retry", "manifest": [...]}
-
-
-def batch_spec(job_id: str, epoch: int, batch_no: int, source: str, collection: str,
-               manifest: list[dict], retry: bool = False) -> BatchSpec:
-    return {"job": job_id, "epoch": epoch, "batch": batch_no, "source": source, "collection": collection,
-            "retry": retry, "manifest": manifest}
-
-
-# -- plan ------------------------------------------------------------------------------------
-def plan_job(job_id: str, settings: Settings, jobs: JobStore, enqueue: Callable[[BatchSpec], None]) -> dict:
-    """List the source page by page, diff against the index, enqueue batches of new work.
-
-    Unchanged objects (same etag, indexed by the collection's model) are counted here and
-    never reach a worker. The task size is ``batch_size * batches_per_task`` objects.
-    A ``reindex`` job also removes the rows of objects under its source that were not
-    listed (they were deleted), and renews its run lock as it goes.
-    """
-    job = jobs.get(job_id)
-    epoch = jobs.begin_plan(job_id)
-    settings = settings.with_overrides(collection=job.collection)
-    source = open_source(job.source, settings, tuple(job.include))
-    store = ImageStore(settings)
-    tag = index_model_tag(store)
-    lock = lock_of(job, jobs, settings.schedule_lock_ttl)
-    task_size = settings.batch_size * settings.batches_per_task
-    listed = unchanged = batches = 0
-    found = {"new": 0, "changed": 0}
-    listed_ids: set[int] | None = set() if job.kind == "reindex" else None
-    todo: list[dict] = []
-
-    def flush(final: bool) -> None:
-        nonlocal batches
-        while len(todo) >= task_size or final and todo:
-            chunk, todo[:] = todo[:task_size], todo[task_size:]
-            enqueue(batch_spec(job_id, epoch, batches, source.root, job.collection, chunk))
-            batches += 1
-
-    for page in chunks(source.list(), LIST_CHUNK):
-        if jobs.status(job_id) == "cancelled":
-            return {"job": job_id, "cancelled": True}
-        ids = [image_id(o.uri) for o in page]
-        existing = store.existing(ids) if tag else {}
-        for obj, oid in zip(page, ids):
-            state = classify(existing.get(oid), obj, tag)
-            if state == UNCHANGED:
-                unchanged += 1
-            else:
-                found[state] += 1
-                todo.append(obj.to_dict())
-        if listed_ids is not None:
-            listed_ids.update(ids)
-        listed += len(page)
-        flush(final=False)
-        jobs.plan_progress(job_id, epoch, listed, unchanged, batches)
-        if lock is not None:
-            lock.renew(job_id)
-    flush(final=True)
-    removed = 0
-    if listed_ids is not None:
-        removed = remove_images(settings, removed_ids(store, source.root, tuple(job.include), listed_ids))
-        if removed:
-            store.flush()
-    jobs.set_fields(job_id, epoch, removed=removed, **found)
-    jobs.planned(job_id, epoch, listed, unchanged, batches)
-    return {"job": job_id, "epoch": epoch, "listed": listed, "unchanged": unchanged, "batches": batches,
-            "removed": removed, **found}
-
-
-def chunks(items, size: int) -> Iterator[list[SourceObject]]:
-
-    it = iter(items)
-    while chunk := list(islice(it, size)):
-        yield chunk
+# -- plan: see ingest/planning.py (resumable steps over ingest/listing.py) ----------------------
 
 
 # -- embed -----------------------------------------------------------------------------------

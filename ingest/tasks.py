@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import random
 import threading
+from dataclasses import replace
 
-from celery import chain, signals
+from celery import signals
 from celery.exceptions import SoftTimeLimitExceeded
 
 from common.errors import ConfigError, ImgsearchError, SourceError
@@ -20,18 +21,11 @@ from common.jobs import JobStore
 from common.store import ImageStore
 from common.texts import TextStore
 from ingest.app import app, settings
+from ingest.dispatch import enqueue_batch, send_plan
 from ingest.lifecycle import on_job_end
-from ingest.migrate import plan_migration
+from ingest.planning import JobPlanState, plan_step
 from ingest.schedules import run_scheduled
-from ingest.stages import (
-    BatchSpec,
-    WorkerContext,
-    batch_spec,
-    embed_stage,
-    failed_batch_result,
-    finish_stage,
-    plan_job,
-)
+from ingest.stages import BatchSpec, WorkerContext, embed_stage, failed_batch_result, finish_stage
 from ingest.text_stages import TextContext, caption_stage, ocr_stage, stage_failed
 
 log = logging.getLogger(__name__)
@@ -136,14 +130,21 @@ def _countdown(retries: int) -> float:
 
 
 @app.task(name="ingest.plan", bind=True, max_retries=settings.task_max_retries)
-def plan(self, job_id: str) -> dict:
-    """List, diff and shard the job's source (or, for a migration, the live collection);
-    enqueue one chain per batch."""
+def plan(self, job_id: str, step: int = 0) -> dict:
+    """One plan step (ingest/planning.py): list and diff a bounded slice of the job's source
+    (or, for a migration, the live collection) after its checkpoint, enqueue one chain per
+    batch, checkpoint, then enqueue the next step."""
     try:
-        planner = plan_migration if jobs().get(job_id).kind == "migrate" else plan_job
-        result = planner(job_id, settings, jobs(), enqueue_batch)
+        job = jobs().get(job_id)
+        if job.finished:
+            return {"job": job_id, "step": step, "outcome": job.status}
+        state = JobPlanState(jobs(), job, settings)
+        result = plan_step(job, step, settings, state, enqueue_batch)
+        if result.next_step is not None:
+            send_plan(job_id, settings, result.next_step)
+            state.commit(result.epoch, result.next_step, replace(result.cursor, next_enqueued=True))
         on_job_end(job_id, settings, jobs())  # nothing to do: the job is already done
-        return result
+        return result.to_dict()
     except SourceError as exc:
         jobs().fail(job_id, str(exc))
         on_job_end(job_id, settings, jobs())
@@ -236,24 +237,3 @@ def finish(self, result: dict) -> dict:
 def scheduled_reindex(source: str) -> dict:
     """Sent by beat (``IMGSEARCH_SCHEDULES``): start a re-index of ``source`` unless one runs."""
     return run_scheduled(source, settings)
-
-
-def enqueue_dead_letter_retry(job_id: str) -> int:
-    """Re-run a job's dead-lettered objects as new batches of the same job; returns how many."""
-    store = jobs()
-    job = store.get(job_id)
-    entries = store.dead_letters(job_id)
-    if not entries:
-        return 0
-    size = settings.batch_size * settings.batches_per_task
-    manifests = [[{k: e[k] for k in ("uri", "etag", "size")} for e in entries[i:i + size]]
-                 for i in range(0, len(entries), size)]
-    first = store.add_batches(job_id, len(manifests))
-    for n, manifest in enumerate(manifests):
-        enqueue_batch(batch_spec(job_id, job.epoch, first + n, job.source, job.collection, manifest, retry=True))
-    return len(manifests)
-
-
-def enqueue_batch(spec: BatchSpec) -> None:
-    """One chain per batch; each stage is routed to its own queue (see ``ingest.app``)."""
-    chain(embed.s(spec), ocr.s(), caption.s(), finish.s()).apply_async()
