@@ -108,3 +108,37 @@ def test_redis_restart_mid_job_the_job_completes(dist):
     assert follower.returncode == 0, err + dist.logs()
     assert json.loads(out)["id"] == job_id
     assert_complete_and_exact(dist, job_id, uris)
+
+
+def test_sigkilled_plan_worker_resumes_listing_from_its_checkpoint(dist):
+    # slices of 4 objects: 60 plan steps. The plan worker is struck while it is observed to
+    # hold a plan step in `unacked` with listing not finished (frozen first, checked again).
+    dist.set(batch_size=8, batches_per_task=2, visibility_timeout=15, batch_time_limit=12,
+             unacked_restore_interval=1, ocr_enabled="false", caption_backend="off", plan_slice_objects=4)
+    uris = upload(dist)
+    planner = dist.start_worker("plan", "plan")
+    job_id = enqueue(dist, "lot/")
+    jobs = dist.jobs()
+
+    def mid_listing() -> bool:
+        if jobs.get(job_id).planning()["step"] < 2 or "plan" not in held_by_queue(dist):
+            return False
+        dist.freeze(planner)
+        p = jobs.get(job_id).planning()
+        if not p["done"] and "plan" in held_by_queue(dist):
+            return True
+        dist.thaw(planner)
+        return False
+
+    dist.wait_for(mid_listing, 300, "the plan worker holding a plan step mid-listing", interval=0.02)
+    dist.kill_worker(planner)
+    at_kill = jobs.get(job_id)
+    assert 0 < at_kill.planning()["listed"] < N and not at_kill.planned
+
+    dist.start_worker("plan,ocr,caption,finish", "cpu")
+    dist.start_worker("embed", "embed")
+    dist.wait_for(lambda: jobs.get(job_id).finished, 300, "job done after the plan worker was killed")
+    job = jobs.get(job_id)
+    assert job.epoch == at_kill.epoch, "planning started over instead of resuming"
+    assert job.planning()["step"] > at_kill.planning()["step"]
+    assert_complete_and_exact(dist, job_id, uris)
