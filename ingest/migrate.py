@@ -115,7 +115,7 @@ def run_migration(settings: Settings, model_name: str, pretrained: str, drop_old
     target_settings = settings.with_overrides(collection=m.new, clip_model=model_name, clip_pretrained=pretrained)
     report = MigrationReport(m.alias, m.old, m.new, m.label)
 
-    def index(specs: list[dict]) -> None:
+    def index(specs: list[dict], _cursor=None) -> None:
         by_root: dict[str, list[SourceObject]] = {}
         for spec in specs:
             by_root.setdefault(spec["source"], []).extend(

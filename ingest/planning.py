@@ -158,7 +158,8 @@ class LocalPlanState(PlanState):
         self.cursor: Cursor | None = None
         self.removed = 0
         self.done = False
-        self._ids = DiskListedIds(settings.data_dir / "plans" / f"{uuid.uuid4().hex}.sqlite")
+        self._path = settings.data_dir / "plans" / f"{uuid.uuid4().hex}.sqlite"
+        self._ids: DiskListedIds | None = None  # only a re-index needs one
 
     def start(self) -> tuple[int, Cursor]:
         if self.cursor is None:
@@ -171,6 +172,8 @@ class LocalPlanState(PlanState):
         return True
 
     def listed_ids(self) -> ListedIds:
+        if self._ids is None:
+            self._ids = DiskListedIds(self._path)
         return self._ids
 
     def planned(self) -> bool:
@@ -178,7 +181,8 @@ class LocalPlanState(PlanState):
 
     def finish(self, epoch: int, cursor: Cursor, removed: int) -> None:
         self.removed, self.done = removed, True
-        self._ids.drop()
+        if self._ids is not None:
+            self._ids.drop()
 
 
 # -- one step ------------------------------------------------------------------------------------
@@ -310,16 +314,17 @@ def _finalize(job: Job, settings: Settings, state: PlanState, epoch: int, cur: C
     return StepResult(job.id, step, "done", epoch, cur, None, removed)
 
 
-def run_local(job: Job, settings: Settings, on_slice: Callable[[list[BatchSpec]], None]) -> tuple[Cursor, int]:
+def run_local(job: Job, settings: Settings,
+              on_slice: Callable[[list[BatchSpec], Cursor], None]) -> tuple[Cursor, int]:
     """Every step of ``job`` in this process (embedded mode); ``on_slice`` gets each
-    slice's batches before the next slice is listed. Returns (cursor, removed)."""
+    slice's batches (and the checkpoint after it) before the next slice is listed.
+    Returns (cursor, removed)."""
     state = LocalPlanState(settings)
     step = 0
     while True:
         specs: list[BatchSpec] = []
         result = plan_step(job, step, settings, state, specs.append)
-        if specs:
-            on_slice(specs)
+        on_slice(specs, result.cursor)
         if result.next_step is None:
             return result.cursor, result.removed
         step = result.next_step

@@ -77,8 +77,10 @@ def run_reindex(location: str, settings: Settings, include: tuple[str, ...] = ()
     source = open_source(location, settings, include)
     report = ReindexReport(source.root, settings.collection)
 
-    def index(specs: list[dict]) -> None:  # only now is a model loaded: no changes, no model work
+    def index(specs: list[dict], _cursor=None) -> None:  # only now is a model loaded: no changes, no model work
         objects = [SourceObject(m["uri"], m["etag"], int(m["size"])) for spec in specs for m in spec["manifest"]]
+        if not objects:
+            return
         summary = run_ingest(location, settings, include, progress=progress, objects=objects)
         report.encoded += summary.indexed
         report.failed += summary.failed

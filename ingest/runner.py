@@ -92,38 +92,41 @@ def dead_letter_path(settings: Settings) -> Path:
 def run_ingest(location: str, settings: Settings, include: tuple[str, ...] = (),
                progress: bool = True, objects: list[SourceObject] | None = None) -> IngestSummary:
     """Index every object under ``location`` into the configured collection (only
-    ``objects`` when given: a re-index passes the new and changed ones it listed)."""
+    ``objects`` when given: a re-index passes the new and changed ones it listed).
+
+    Without ``objects`` the source is listed and diffed by the plan steps of a distributed
+    job (:func:`ingest.planning.run_local`), one bounded slice at a time: unchanged objects
+    are counted there and never fetched, and memory does not grow with the source."""
+    from ingest.planning import local_job, run_local
+
     started = time.perf_counter()
     source = open_source(location, settings, include)
     summary = IngestSummary(source.root, settings.collection)
-    if objects is None:
-        objects = _list_with_progress(source, progress)
-    summary.listed = len(objects)
     with ThreadPoolExecutor(settings.fetch_workers, thread_name_prefix="fetch") as pool, \
             ThreadPoolExecutor(1, thread_name_prefix="prepare") as ahead:
         ctx = build_context(settings, source, pool)
         text_ctx = TextContext(settings) if settings.ocr_enabled or settings.caption_backend != "off" else None
-        bar = _bar(len(objects), progress)
+        bar = _bar(None if objects is None else len(objects), progress)
         try:
-            batches = batched(objects, settings.batch_size)
-            pending = ahead.submit(prepare_batch, next(batches, []), ctx)
-            while True:
-                prepared = pending.result()
-                nxt = next(batches, None)
-                if nxt is not None:
-                    pending = ahead.submit(prepare_batch, nxt, ctx)
-                result = write_batch(prepared, ctx)
-                if text_ctx is not None and prepared.objects:
-                    _text_stages(prepared, result, text_ctx, settings.collection)
-                summary.indexed += len(result.indexed)
-                summary.unchanged += len(result.unchanged)
-                summary.failures.extend(result.failed)
-                if bar is not None:
-                    bar.update(result.total)
-                    bar.set_postfix(indexed=summary.indexed, unchanged=summary.unchanged,
-                                    failed=summary.failed, refresh=False)
-                if nxt is None:
-                    break
+            if objects is not None:
+                summary.listed = len(objects)
+                _index(objects, ctx, ahead, text_ctx, summary, bar, settings)
+            else:
+                planned_unchanged = [0]  # counted by the plan steps so far
+
+                def on_slice(specs: list[dict], cursor) -> None:
+                    delta = cursor.unchanged - planned_unchanged[0]
+                    planned_unchanged[0] = cursor.unchanged
+                    summary.listed, summary.unchanged = cursor.listed, summary.unchanged + delta
+                    if bar is not None:
+                        bar.total = cursor.listed
+                        bar.update(delta)
+                    todo = [SourceObject(m["uri"], m["etag"], int(m["size"])) for s in specs for m in s["manifest"]]
+                    _index(todo, ctx, ahead, text_ctx, summary, bar, settings)
+
+                cursor, _ = run_local(local_job("ingest", source.root, settings.collection, include), settings,
+                                      on_slice)
+                summary.listed = cursor.listed
             if summary.indexed:
                 ctx.store.flush()
                 if text_ctx is not None:
@@ -135,6 +138,33 @@ def run_ingest(location: str, settings: Settings, include: tuple[str, ...] = (),
     if summary.failures:
         summary.dead_letter_file = str(_write_dead_letters(settings, summary))
     return summary
+
+
+def _index(objects: list[SourceObject], ctx: EmbedContext, ahead: ThreadPoolExecutor,
+           text_ctx: TextContext | None, summary: IngestSummary, bar, settings: Settings) -> None:
+    """The embed stage (and the text stages) over ``objects``, one encoder batch at a time;
+    fetch/decode of batch N+1 overlaps the forward pass of batch N."""
+    if not objects:
+        return
+    batches = batched(objects, settings.batch_size)
+    pending = ahead.submit(prepare_batch, next(batches, []), ctx)
+    while True:
+        prepared = pending.result()
+        nxt = next(batches, None)
+        if nxt is not None:
+            pending = ahead.submit(prepare_batch, nxt, ctx)
+        result = write_batch(prepared, ctx)
+        if text_ctx is not None and prepared.objects:
+            _text_stages(prepared, result, text_ctx, settings.collection)
+        summary.indexed += len(result.indexed)
+        summary.unchanged += len(result.unchanged)
+        summary.failures.extend(result.failed)
+        if bar is not None:
+            bar.update(result.total)
+            bar.set_postfix(indexed=summary.indexed, unchanged=summary.unchanged,
+                            failed=summary.failed, refresh=False)
+        if nxt is None:
+            break
 
 
 def _text_stages(prepared, result, text_ctx: TextContext, collection: str) -> None:
@@ -152,20 +182,7 @@ def _text_stages(prepared, result, text_ctx: TextContext, collection: str) -> No
         result.failed.extend(failed)
 
 
-def _list_with_progress(source: Source, progress: bool) -> list[SourceObject]:
-    if not progress:
-        return list(source.list())
-    from tqdm import tqdm
-
-    out = []
-    with tqdm(desc=f"listing {source.root}", unit=" objects", file=sys.stderr, leave=False) as bar:
-        for obj in source.list():
-            out.append(obj)
-            bar.update(1)
-    return out
-
-
-def _bar(total: int, progress: bool):
+def _bar(total: int | None, progress: bool):
     if not progress:
         return None
     from tqdm import tqdm
