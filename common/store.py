@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from common import lite_search
 from common.errors import CollectionNotFoundError, ModelMismatchError
 from common.models.clip import ModelSpec
 from common.settings import Settings
@@ -87,6 +88,8 @@ def milvus_client(settings: Settings):
         if uri not in _clients:
             if not settings.milvus_uri:
                 Path(uri).parent.mkdir(parents=True, exist_ok=True)
+                # Milvus Lite in this process: vector searches without its per-row loops.
+                lite_search.install()
                 grpc_log = logging.getLogger("grpc._server")
                 if not any(isinstance(f, _LiteUnimplementedFilter) for f in grpc_log.filters):
                     grpc_log.addFilter(_LiteUnimplementedFilter())
