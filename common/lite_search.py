@@ -44,6 +44,8 @@ SUPPORTED_VERSIONS = ("3.2.2",)
 _lock = threading.Lock()
 _installed = False
 _original = None
+_original_assemble = None
+_original_mask = None
 
 
 class _SegmentKeys:
@@ -305,6 +307,98 @@ def execute_search_fast(query_vectors, segments, memtable, delta_index, top_k, m
     return results
 
 
+class _Rows:
+    """The candidate rows of one scalar query, without a Python object per row: sealed
+    segments (in order) then the memtable, addressed by one global row number. Stands in for
+    the lists ``assemble_candidates`` returns (its pks and its record sources)."""
+
+    def __init__(self, segments: list, memtable, mt_pks: list, mt_refs: list) -> None:
+        self.segments, self.memtable, self.mt_pks, self.mt_refs = segments, memtable, mt_pks, mt_refs
+        sizes = [s.num_rows for s in segments] + [len(mt_pks)]
+        self.starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def _locate(self, i: int) -> tuple[int, int]:
+        src = int(np.searchsorted(self.starts, i, side="right")) - 1
+        return src, i - int(self.starts[src])
+
+    def pk(self, i: int):
+        src, local = self._locate(int(i))
+        return self.segments[src].pks[local] if src < len(self.segments) else self.mt_pks[local]
+
+    def source(self, i: int):
+        src, local = self._locate(int(i))
+        if src < len(self.segments):
+            return self.segments[src], local
+        return self.memtable, self.mt_refs[local]
+
+
+class _RowPks:
+    def __init__(self, rows: _Rows) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        return self.rows.pk(i)
+
+
+class _RowSources(_RowPks):
+    def __getitem__(self, i):
+        return self.rows.source(i)
+
+
+def assemble_candidates_fast(segments, memtable, vector_field, partition_names=None, filter_compiled=None,
+                             indexed_filter_plan=None):
+    """Drop-in for ``milvus_lite.search.assembler.assemble_candidates`` as ``Collection.query``
+    uses it: the same rows in the same order, as lazy sequences (no per-row tuples, no copy
+    of the vectors, which a scalar query never reads)."""
+    from milvus_lite.search.filter import evaluate_mask
+    from milvus_lite.search.indexed_filter import evaluate_segment_filter
+
+    partition_filter = set(partition_names) if partition_names else None
+    segs = [s for s in segments
+            if s.num_rows > 0 and (partition_filter is None or s.partition in partition_filter)]
+    mt_pks, mt_seqs, _vecs, mt_refs, mt_table = memtable.to_search_snapshot(
+        vector_field=None, partition_names=partition_names, include_table=filter_compiled is not None)
+    rows = _Rows(segs, memtable, list(mt_pks), list(mt_refs))
+    seqs = [np.asarray(s.seqs, dtype=np.uint64) for s in segs] + [np.asarray(mt_seqs, dtype=np.uint64)]
+    all_seqs = np.concatenate(seqs) if seqs else np.zeros(0, dtype=np.uint64)
+    filter_mask = None
+    if filter_compiled is not None:
+        parts = [np.asarray(evaluate_segment_filter(s, filter_compiled, indexed_filter_plan), dtype=bool)
+                 for s in segs]
+        if mt_pks and mt_table is not None:
+            parts.append(np.asarray(evaluate_mask(filter_compiled, mt_table), dtype=bool))
+        elif mt_pks:
+            parts.append(np.zeros(len(mt_pks), dtype=bool))
+        filter_mask = np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
+    return _RowPks(rows), all_seqs, np.zeros((len(rows), 0), dtype=np.float32), _RowSources(rows), filter_mask
+
+
+def build_valid_mask_fast(all_pks, all_seqs, delta_index, filter_mask=None, memtable=None):
+    """Drop-in for ``milvus_lite.search.bitmap.build_valid_mask``: vectorised for the lazy rows
+    of :func:`assemble_candidates_fast`, Milvus Lite's own for anything else."""
+    delta_map = getattr(delta_index, "_map", None)
+    if not isinstance(all_pks, _RowPks) or not isinstance(delta_map, dict):
+        return _original_mask(all_pks, all_seqs, delta_index, filter_mask=filter_mask, memtable=memtable)
+    rows = all_pks.rows
+    mt_seqs = np.asarray(all_seqs[int(rows.starts[-2]):], dtype=np.int64)
+    mt_deletes = memtable.delete_index_snapshot() if memtable is not None else {}
+    live = live_masks(rows.segments, rows.mt_pks, mt_seqs, delta_map, mt_deletes)
+    if live is None:
+        return _original_mask(list(all_pks[i] for i in range(len(all_pks))), all_seqs, delta_index,
+                              filter_mask=filter_mask, memtable=memtable)
+    seg_masks, mt_mask = live
+    mask = np.concatenate(seg_masks + [mt_mask]) if seg_masks or len(mt_mask) else np.zeros(0, dtype=bool)
+    if filter_mask is not None:
+        mask &= np.asarray(filter_mask, dtype=bool)
+    return mask
+
+
 def milvus_lite_version() -> str | None:
     try:
         return metadata.version("milvus-lite")
@@ -316,7 +410,7 @@ def install() -> bool:
     """Use :func:`execute_search_fast` for dense searches of Milvus Lite in this process.
     Idempotent; returns whether the fast path is active (False: an untested Milvus Lite
     version, which keeps its own executor)."""
-    global _installed, _original
+    global _installed, _original, _original_assemble, _original_mask
     with _lock:
         if _installed:
             return True
@@ -325,10 +419,14 @@ def install() -> bool:
             log.info("milvus-lite %s: keeping its own search executor", version)
             return False
         from milvus_lite.engine import collection
-        from milvus_lite.search import executor_indexed
+        from milvus_lite.search import assembler, bitmap, executor_indexed
 
         _original = executor_indexed.execute_search_with_index
+        _original_assemble = assembler.assemble_candidates
+        _original_mask = bitmap.build_valid_mask
         collection.execute_search_with_index = execute_search_fast
+        collection.assemble_candidates = assemble_candidates_fast
+        bitmap.build_valid_mask = build_valid_mask_fast
         _installed = True
         return True
 
@@ -339,6 +437,9 @@ def uninstall() -> None:
     with _lock:
         if _installed:
             from milvus_lite.engine import collection
+            from milvus_lite.search import bitmap
 
             collection.execute_search_with_index = _original
+            collection.assemble_candidates = _original_assemble
+            bitmap.build_valid_mask = _original_mask
             _installed = False

@@ -84,12 +84,26 @@ def test_answers_follow_upserts_and_deletes_across_segments_and_memtable(make_se
     drop(range(100, 160))
     store.flush()
     _check(store, truth, queries)
-    # the fast executor and Milvus Lite's own agree, entities included
-    fast = store.search(queries, 20)
+    put(range(500, 520), "d")                 # unflushed rows and deletes again, for the scalar reads
+    drop([501, 8, 30])
+    _check(store, truth, queries)
+
+    def reads():
+        probe = [1, 5, 8, 30, 39, 40, 120, 200, 255, 300, 345, 350, 501, 502, 519, 9999]
+        return (store.search(queries, 20), store.count(), store.uris(probe), store.uris(probe, 'etag == "c"'),
+                sorted(r["id"] for page in store.scan(["id"], batch_size=64) for r in page),
+                store.get(255), store.get(501))
+
+    fast = reads()
     lite_search.uninstall()
     try:
-        slow = store.search(queries, 20)
+        own = reads()
     finally:
         lite_search.install()
-    assert [[(h.id, h.uri) for h in hits] for hits in fast] == [[(h.id, h.uri) for h in hits] for hits in slow]
-    assert [[round(h.score, 5) for h in hits] for hits in fast] == [[round(h.score, 5) for h in hits] for hits in slow]
+    # the fast paths and Milvus Lite's own agree, entities included, and both match the truth
+    assert [[(h.id, h.uri, round(h.score, 5)) for h in hits] for hits in fast[0]] == \
+        [[(h.id, h.uri, round(h.score, 5)) for h in hits] for hits in own[0]]
+    assert fast[1:] == own[1:]
+    assert fast[1] == len(truth) and fast[4] == sorted(truth)
+    assert set(fast[2]) == {i for i in [1, 5, 8, 30, 39, 40, 120, 200, 255, 300, 345, 350, 501, 502, 519] if i in truth}
+    assert fast[5]["etag"] == "b" and fast[6] is None
