@@ -46,6 +46,7 @@ _installed = False
 _original = None
 _original_assemble = None
 _original_mask = None
+_original_sparse = None
 
 
 class _SegmentKeys:
@@ -399,6 +400,244 @@ def build_valid_mask_fast(all_pks, all_seqs, delta_index, filter_mask=None, memt
     return mask
 
 
+# -- sparse (BM25) search -------------------------------------------------------------------
+# ``search_sparse_fast`` is Milvus Lite 3.2.2's ``Collection._search_sparse`` (Apache-2.0,
+# engine/collection.py) with its two per-row loops (the collection-wide key -> newest seq map,
+# and each segment's liveness mask) replaced by :func:`_sparse_liveness`; everything else
+# (per-segment BM25 scorers, filters, memtable, merge, projection) is its code unchanged.
+
+def _sparse_liveness(segments, memtable, delta_snap, mt_deletes):
+    """(id(segment) -> live mask, {memtable key: newest seq over the collection}) or None."""
+    segs = [s for s in segments if s.num_rows > 0]
+    if len({s.partition for s in segs}) > 1:  # pending deletes are per partition: not ours
+        return None
+    delta_map = getattr(delta_snap, "_map", None)
+    if not isinstance(delta_map, dict):
+        return None
+    mt_items = list(memtable.pk_index_snapshot())
+    mt_pks = [pk for pk, _ in mt_items]
+    mt_seqs = np.asarray([v[2] for _, v in mt_items], dtype=np.int64)
+    live = live_masks(segs, mt_pks, mt_seqs, delta_map, mt_deletes)
+    if live is None:
+        return None
+    seg_masks, _ = live
+    masks = {id(s): m for s, m in zip(segs, seg_masks)}
+    for s in segments:
+        masks.setdefault(id(s), np.zeros(s.num_rows, dtype=bool))
+    newest = {pk: int(seq) for pk, seq in zip(mt_pks, mt_seqs.tolist())}
+    if mt_pks:
+        keys = np.asarray(mt_pks, dtype=np.int64)
+        for entry in _cache.segment_keys(segs):
+            rows, which = entry.rows_of(keys)
+            for r, w in zip(rows.tolist(), which.tolist()):
+                pk = mt_pks[w]
+                newest[pk] = max(newest[pk], int(entry.seqs[r]))
+    return masks, newest
+
+
+def search_sparse_fast(
+    self,
+    query_vectors: list,
+    vector_field: str,
+    top_k: int,
+    metric_type: str,
+    partition_names: list[str] | None,
+    expr: str | None,
+    output_fields: list[str] | None,
+    timezone: str | None = None,
+) -> list[list[dict]]:
+    """Sparse search using independent IP or BM25 per-segment indexes.
+
+    Architecture (Perf-3):
+    - Each immutable segment gets a cached sparse scorer
+      (built once, reused across searches).
+    - The mutable memtable's index is rebuilt each search (small).
+    - Per-source top-k results are merged globally.
+
+    TODO: BM25 IDF accuracy — each segment currently uses its own IDF
+    statistics, so BM25 scores from different segments have different
+    baselines. Fix: aggregate global statistics (doc_count/avgdl/df
+    summed across segments) at search time and use global IDF for
+    scoring. Similar to Elasticsearch's DFS_QUERY_THEN_FETCH strategy.
+    """
+    from milvus_lite.analyzer.sparse import bytes_to_sparse
+    from milvus_lite.engine.projection import build_projection_plan, project_record
+    from milvus_lite.index.sparse_factory import (
+        _search_prepared_sparse_index,
+        create_sparse_index,
+        sparse_index_matches,
+    )
+
+    partition_filter = set(partition_names) if partition_names else None
+    projection_plan = build_projection_plan(
+        output_fields, self._schema, api_kind="search"
+    )
+
+    sparse_spec = self._index_specs.get(vector_field)
+    index_params = sparse_spec.build_params if sparse_spec else {}
+
+    # Convert query vectors upfront
+    query_sparse = self._prepare_sparse_queries(query_vectors, vector_field)
+    nq = len(query_sparse)
+    compiled_filter = self._compile_filter(expr, timezone=timezone) if expr else None
+    indexed_filter_plan = self._indexed_filter_plan(compiled_filter)
+
+    # Per-source candidates: (distance, global_pk, source_ref)
+    Candidate = tuple[float, Any, Any]  # (dist, pk, (tbl, row_idx))
+    per_query_candidates: list[list[Candidate]] = [[] for _ in range(nq)]
+
+    # Read snapshot — keeps segment cache and tombstones from crossing
+    # compaction / tombstone-GC generations.
+    seg_snapshot, delta_snap = self._read_snapshot()
+    mt_deletes = self._memtable.delete_index_snapshot()
+
+    # ── Liveness, vectorised (imgsearch): per segment row, and the newest seq of each
+    # memtable key over the whole collection (what the memtable loop below asks). ──
+    live = _sparse_liveness(seg_snapshot, self._memtable, delta_snap, mt_deletes)
+    if live is None:
+        return _original_sparse(self, query_vectors, vector_field, top_k, metric_type, partition_names,
+                                expr, output_fields, timezone)
+    seg_live, global_pk_seq = live
+
+    # ── Per-segment search (cached indexes) ──────────────────
+    for seg in seg_snapshot:
+        if partition_filter is not None:
+            if seg.partition not in partition_filter:
+                continue
+        table = seg.table
+        if table is None or len(table) == 0:
+            continue
+
+        # Build or reuse cached sparse index for this segment
+        cached_idx = seg.sparse_indexes.get(vector_field)
+        if not sparse_index_matches(cached_idx, metric_type, index_params):
+            sparse_batch = table.column(vector_field).to_pylist()
+            sparse_vecs = [
+                bytes_to_sparse(r) if isinstance(r, bytes) else (r or {})
+                for r in sparse_batch
+            ]
+            cached_idx = create_sparse_index(metric_type, index_params)
+            cached_idx.build(sparse_vecs)  # no valid_mask — full segment
+            seg.sparse_indexes[vector_field] = cached_idx
+
+        # valid_mask for this segment (dedup + tombstone), then the filter
+        pks = seg.pks
+        valid_mask = seg_live[id(seg)].copy()
+
+        # Apply scalar filter
+        if compiled_filter is not None:
+            from milvus_lite.search.indexed_filter import evaluate_segment_filter
+            valid_mask = valid_mask & evaluate_segment_filter(
+                seg, compiled_filter, indexed_filter_plan,
+            )
+
+        if not valid_mask.any():
+            continue
+
+        # Search this segment's cached index
+        local_ids, dists = _search_prepared_sparse_index(
+            cached_idx, query_sparse, top_k, valid_mask=valid_mask,
+        )
+        for qi in range(nq):
+            for j in range(top_k):
+                lid = int(local_ids[qi, j])
+                if lid < 0:
+                    break
+                per_query_candidates[qi].append(
+                    (float(dists[qi, j]), pks[lid], (table, lid))
+                )
+
+    # ── Memtable search (rebuilt each time — small + mutable) ─
+    mt = self._memtable
+    mt_pks: list = []
+    mt_sparse: list = []
+    mt_refs: list = []
+    for pk, seq, record in mt.active_record_snapshots(
+        partition_names=partition_names
+    ):
+        if delta_snap.is_deleted(pk, seq) or global_pk_seq.get(pk, -1) > seq:
+            continue
+        raw = record.get(vector_field)
+        mt_pks.append(pk)
+        mt_sparse.append(
+            bytes_to_sparse(raw) if isinstance(raw, bytes) else (raw or {})
+        )
+        mt_refs.append((record, seq))
+
+    if mt_pks:
+        mt_valid = np.ones(len(mt_pks), dtype=bool)
+
+        if compiled_filter is not None:
+            from milvus_lite.search.filter.eval.python_backend import _eval_row
+            for i in range(len(mt_pks)):
+                if mt_valid[i]:
+                    record, _seq = mt_refs[i]
+                    if not _eval_row(compiled_filter.ast, record):
+                        mt_valid[i] = False
+
+        mt_idx = create_sparse_index(metric_type, index_params)
+        mt_idx.build(mt_sparse, valid_mask=mt_valid)
+        local_ids, dists = _search_prepared_sparse_index(mt_idx, query_sparse, top_k)
+        for qi in range(nq):
+            for j in range(top_k):
+                lid = int(local_ids[qi, j])
+                if lid < 0:
+                    break
+                per_query_candidates[qi].append(
+                    (float(dists[qi, j]), mt_pks[lid], mt_refs[lid])
+                )
+
+    # ── Global merge + dedup + materialize ────────────────────
+    # Dedup: if same pk appears from segment + memtable, keep
+    # the one with the highest seq (latest version).
+    def _is_memtable_sparse_ref(source: Any) -> bool:
+        return isinstance(source, tuple) and bool(source) and isinstance(source[0], dict)
+
+    results: list[list[dict]] = []
+    for qi in range(nq):
+        candidates = per_query_candidates[qi]
+        # First, deduplicate by pk keeping the latest version (highest seq).
+        pk_best: dict = {}  # pk → (dist, pk, (tbl, row_i))
+        for cand in candidates:
+            dist, pk, source = cand
+            if _is_memtable_sparse_ref(source):
+                _record, seq = source
+                seq = int(seq)
+            else:
+                tbl, row_i = source
+                seq = int(tbl.column("_seq")[row_i].as_py())
+            if pk not in pk_best or seq > pk_best[pk][0]:
+                pk_best[pk] = (seq, cand)
+        deduped = [v[1] for v in pk_best.values()]
+        # Sort by distance ascending (smaller = better)
+        deduped.sort(key=lambda c: c[0])
+        hits: list = []
+        for dist, pk, source in deduped:
+            # Deferred materialization
+            entity = {}
+            if _is_memtable_sparse_ref(source):
+                source, _seq = source
+                entity = project_record(
+                    source, self._schema, projection_plan
+                )
+            else:
+                tbl, row_i = source
+                record = {
+                    name: tbl.column(name)[row_i].as_py()
+                    for name in tbl.column_names
+                    if name not in ("_seq", "_partition")
+                }
+                entity = project_record(
+                    record, self._schema, projection_plan
+                )
+            hits.append({"id": pk, "distance": dist, "entity": entity})
+            if len(hits) >= top_k:
+                break
+        results.append(hits)
+
+    return results
+
+
 def milvus_lite_version() -> str | None:
     try:
         return metadata.version("milvus-lite")
@@ -410,7 +649,7 @@ def install() -> bool:
     """Use :func:`execute_search_fast` for dense searches of Milvus Lite in this process.
     Idempotent; returns whether the fast path is active (False: an untested Milvus Lite
     version, which keeps its own executor)."""
-    global _installed, _original, _original_assemble, _original_mask
+    global _installed, _original, _original_assemble, _original_mask, _original_sparse
     with _lock:
         if _installed:
             return True
@@ -427,6 +666,8 @@ def install() -> bool:
         collection.execute_search_with_index = execute_search_fast
         collection.assemble_candidates = assemble_candidates_fast
         bitmap.build_valid_mask = build_valid_mask_fast
+        _original_sparse = collection.Collection._search_sparse
+        collection.Collection._search_sparse = search_sparse_fast
         _installed = True
         return True
 
@@ -442,4 +683,5 @@ def uninstall() -> None:
             collection.execute_search_with_index = _original
             collection.assemble_candidates = _original_assemble
             bitmap.build_valid_mask = _original_mask
+            collection.Collection._search_sparse = _original_sparse
             _installed = False

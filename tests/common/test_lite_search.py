@@ -51,6 +51,8 @@ def test_fast_executor_is_installed_for_a_local_file(make_settings):
     from milvus_lite.engine import collection
 
     assert collection.execute_search_with_index is lite_search.execute_search_fast
+    assert collection.assemble_candidates is lite_search.assemble_candidates_fast
+    assert collection.Collection._search_sparse is lite_search.search_sparse_fast
 
 
 @pytest.mark.parametrize("index", ["FLAT", "HNSW"])
@@ -107,3 +109,51 @@ def test_answers_follow_upserts_and_deletes_across_segments_and_memtable(make_se
     assert fast[1] == len(truth) and fast[4] == sorted(truth)
     assert set(fast[2]) == {i for i in [1, 5, 8, 30, 39, 40, 120, 200, 255, 300, 345, 350, 501, 502, 519] if i in truth}
     assert fast[5]["etag"] == "b" and fast[6] is None
+
+
+def test_bm25_and_dense_text_search_agree_with_milvus_lites_own(make_settings):
+    from common.texts import TextItem, TextStore
+
+    rng = np.random.default_rng(4)
+    store = TextStore(make_settings())
+    store.ensure("toy-text-model", 8)
+    words = ["red", "shoe", "bag", "coat", "blue", "code", "sale", "new"]
+
+    def put(image_ids, salt):
+        per_image = {}
+        for i in image_ids:
+            items = [TextItem("ocr", f"{words[i % 8]} {words[(i * 3 + salt) % 8]} item{i}"),
+                     TextItem("tag", words[i % 5])]
+            per_image[i] = (items, _unit(rng.normal(size=(2, 8))).tolist())
+        store.replace_many(per_image)
+
+    queries = ["red shoe", "bag sale", "item7", "item130", "coat", "blue code new"]
+    vq = _unit(rng.normal(size=(4, 8)))
+
+    def answers():
+        return ([[(h.image_id, h.kind, h.text, round(h.score, 4)) for h in hits]
+                 for hits in store.search_bm25(queries, 15)],
+                [[(h.image_id, h.text, round(h.score, 4)) for h in hits] for hits in store.search_dense(vq, 15)])
+
+    def compare():
+        fast = answers()
+        lite_search.uninstall()
+        try:
+            own = answers()
+        finally:
+            lite_search.install()
+        assert fast == own
+        return fast
+
+    put(range(1, 200), 0)
+    compare()
+    store.flush()
+    put(range(100, 150), 1)              # replaced texts: the old rows are deleted, new ones unflushed
+    store.delete_images([7, 8, 9])
+    bm25, _ = compare()
+    assert bm25[2] == []                 # item7's image is gone
+    store.flush()
+    put(range(120, 140), 2)
+    store.flush()
+    bm25, _ = compare()
+    assert {h[0] for h in bm25[3]} == {130} and all("item130" in h[2] or h[1] == "tag" for h in bm25[3][:1])
