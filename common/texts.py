@@ -29,6 +29,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from common import lite_search
 from common.errors import ModelMismatchError
 from common.settings import Settings
 from common.store import PROP_PREFIX, UPSERT_ROWS, milvus_client
@@ -294,9 +295,11 @@ class TextStore:
             return self._search(data, "dense", "IP", limit, image_filter)
         if image_filter is not None and not image_filter:
             return [[] for _ in data]
-        found = self.client.search(vectors_coll, data=data, anns_field="dense", limit=limit,
-                                   search_params=search_params(self._vector_index_type(vectors_coll),
-                                                               self.settings, limit))
+        params = search_params(self._vector_index_type(vectors_coll), self.settings, limit)
+        found = self._direct(vectors_coll, data, "dense", limit, "", [], params)
+        if found is None:
+            found = self.client.search(vectors_coll, data=data, anns_field="dense", limit=limit,
+                                       search_params=params)
         out = []
         for hits in found:
             scores = {int(h["id"]): float(h["distance"]) for h in hits}
@@ -313,6 +316,14 @@ class TextStore:
                         for r in rows[:limit]])
         return out
 
+    def _direct(self, name: str, data: list, field: str, limit: int, expr: str, fields: list[str],
+                params: dict) -> list[list[dict]] | None:
+        """Search an embedded Milvus Lite of this process without gRPC (None: not embedded)."""
+        if self.settings.milvus_uri:
+            return None
+        return lite_search.direct_search(self.settings.effective_milvus_uri(), name, data, field, limit, expr,
+                                         fields, params)
+
     def _vector_index_type(self, vectors_coll: str) -> str | None:
         if self._vec_index_types is None or self._vec_index_types.collection != vectors_coll:
             self._vec_index_types = IndexTypes(self.client, vectors_coll)
@@ -323,10 +334,11 @@ class TextStore:
         if not data or not self.exists():
             return [[] for _ in data]
         expr = f"image_id in {[int(i) for i in image_filter]}" if image_filter is not None else ""
-        results = self.client.search(self.alias, data=data, anns_field=field, limit=limit, filter=expr,
-                                     output_fields=["image_id", "kind", "text"],
-                                     search_params=search_params(self._index_types[field], self.settings, limit,
-                                                                 metric))
+        params = search_params(self._index_types[field], self.settings, limit, metric)
+        results = self._direct(self.alias, data, field, limit, expr, ["image_id", "kind", "text"], params)
+        if results is None:
+            results = self.client.search(self.alias, data=data, anns_field=field, limit=limit, filter=expr,
+                                         output_fields=["image_id", "kind", "text"], search_params=params)
         out = []
         for hits in results:
             # Milvus Lite reports BM25 as a negative distance (smaller = better); server as a
