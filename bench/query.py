@@ -21,6 +21,7 @@ hop is what the queue costs (XADD, the worker's wake-up, the reply push, the cal
 BLPOP wake-up) and does not contain the search's noise.
 
     python bench/query.py --vectors 100000 --record
+    python bench/query.py --scale 10000,100000,1000000 --record   # the CLIP channel by size
     python bench/query.py --pretrained none --vectors 20000     # random weights, any time
 """
 
@@ -192,8 +193,19 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=300, help="searches per measurement")
     parser.add_argument("-k", type=int, default=10)
     parser.add_argument("--record", action="store_true", help="append the result to bench/RESULTS.md")
+    scale_args = parser.add_argument_group("--scale mode (bench/query_scale.py)")
+    scale_args.add_argument("--scale", default="", help="comma-separated sizes, e.g. 10000,100000,1000000")
+    scale_args.add_argument("--data", choices=["clustered", "random"], default="clustered")
+    scale_args.add_argument("--queries", type=int, default=200, help="queries per size")
+    scale_args.add_argument("--lite-index", default="HNSW,FLAT", help="embedded index types to measure")
+    scale_args.add_argument("--own-queries", type=int, default=5,
+                            help="queries with Milvus Lite's own executor (0: skip)")
+    scale_args.add_argument("--server-max", type=int, default=100_000,
+                            help="largest size also measured through a milvus-lite server")
     args = parser.parse_args()
     stop_cleanly_on_sigterm()
+    if args.scale:
+        return scale_main(args)
     levels = [int(c) for c in args.concurrency.split(",")]
 
     with tempfile.TemporaryDirectory(prefix="imgsearch-qbench-") as tmp, RedisServer() as rs, \
@@ -253,6 +265,26 @@ def main() -> int:
             "| date | command | vectors | in-process vs queue (p50/p99, QPS) | batching vs batch-size 1 | "
             "machine |\n|---|---|---|---|---|---|\n"))
         print(f"recorded in {RESULTS}")
+    return 0
+
+
+def scale_main(args) -> int:
+    """The CLIP channel at each size of ``--scale`` (see bench/query_scale.py)."""
+    from bench import query_scale as scale
+
+    args.lite_index = [k.strip() for k in args.lite_index.split(",") if k.strip()]
+    rng = np.random.default_rng(0)
+    rows = []
+    for n in [int(x) for x in args.scale.split(",")]:
+        rows.append(scale.run_size(n, args, rng, lambda line: print(line, flush=True)))
+        if args.record:  # one row per size, as soon as it is measured
+            record_row("## bench/query.py --scale", [rows[-1]["n"], args.data, scale.cells(rows[-1]), machine()], (
+                "## bench/query.py --scale — the CLIP channel by collection size\n\n"
+                "Per size: p50/p99 ms of one k=10 query and recall@10 against an exact numpy scan of the same "
+                "vectors: numpy itself, raw faiss HNSW, `ImageStore.search` on embedded Milvus Lite (fast "
+                "executor; `-own`: Milvus Lite's own), and through a `milvus-lite server` (IVF_FLAT).\n\n"
+                "| date | command | vectors | data | p50/p99 ms and recall@10 per path | machine |\n"
+                "|---|---|---|---|---|---|\n"))
     return 0
 
 

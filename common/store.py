@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from common import lite_search
 from common.errors import CollectionNotFoundError, ModelMismatchError
 from common.models.clip import ModelSpec
 from common.settings import Settings
@@ -87,6 +88,8 @@ def milvus_client(settings: Settings):
         if uri not in _clients:
             if not settings.milvus_uri:
                 Path(uri).parent.mkdir(parents=True, exist_ok=True)
+                # Milvus Lite in this process: vector searches without its per-row loops.
+                lite_search.install()
                 grpc_log = logging.getLogger("grpc._server")
                 if not any(isinstance(f, _LiteUnimplementedFilter) for f in grpc_log.filters):
                     grpc_log.addFilter(_LiteUnimplementedFilter())
@@ -361,10 +364,15 @@ class ImageStore:
         expr = f"id not in {[int(i) for i in exclude_ids]}" if exclude_ids else ""
         if filter_expr:
             expr = f"({expr}) and ({filter_expr})" if expr else filter_expr
-        results = self.client.search(self.alias, data=[list(map(float, v)) for v in vectors],
-                                     anns_field=field, limit=k, filter=expr,
-                                     output_fields=["uri"],
-                                     search_params=search_params(self._index_types[field], self.settings, k))
+        data = [list(map(float, v)) for v in vectors]
+        params = search_params(self._index_types[field], self.settings, k)
+        results = None
+        if not self.settings.milvus_uri:  # embedded: the engine in this process, no gRPC hop
+            results = lite_search.direct_search(self.settings.effective_milvus_uri(), self.alias, data, field, k,
+                                                expr, ["uri"], params)
+        if results is None:
+            results = self.client.search(self.alias, data=data, anns_field=field, limit=k, filter=expr,
+                                         output_fields=["uri"], search_params=params)
         return [[Hit(int(r["id"]), r["entity"]["uri"], float(r["distance"])) for r in hits]
                 for hits in results]
 

@@ -3,8 +3,19 @@
 One row per piece of text: ``id`` (derived from image id + kind + position, so re-indexing
 writes the same keys), ``image_id``, ``kind`` (ocr | caption | tag), ``position``, ``text``
 (analyzer on; a Milvus BM25 function turns it into the ``sparse`` vector, so exact codes
-and serial numbers are found), ``dense`` (sentence-transformers vector, so paraphrases
-are found), ``confidence`` and ``box`` (OCR quadrilateral, empty for captions/tags).
+and serial numbers are found), ``text_key`` (a hash of the text), ``confidence`` and
+``box`` (OCR quadrilateral, empty for captions/tags).
+
+The dense (sentence-transformers) vectors, which find paraphrases, live beside it in
+``<physical>_vecs``: one row per *distinct* text, keyed by ``text_key``. Tags and captions
+repeat across images ("handbag" on 10k images); stored per row, they were thousands of
+identical vectors, which an HNSW graph cannot traverse (copies link only to each other and
+rows outside them become unreachable) and which fill a FLAT scan with copies. A dense search
+finds the best distinct texts, then the rows that carry them. Writing upserts rows first,
+then their vectors; deleting an image's rows removes the vectors no row carries any more.
+(Two writers racing on one text can leave a row without its vector until that text is
+written again; a vector without rows is harmless: it matches no row.) Collections built
+before this (a ``dense`` field on each row) are still read and written the old way.
 
 Like ``images`` the physical collection is versioned (``<alias>_texts_v1``) behind the
 alias ``<alias>_texts``, and records the text model that built it. Replacing an image's
@@ -18,6 +29,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from common import lite_search
 from common.errors import ModelMismatchError
 from common.settings import Settings
 from common.store import PROP_PREFIX, UPSERT_ROWS, milvus_client
@@ -27,6 +39,7 @@ KINDS = ("ocr", "caption", "tag")
 TEXT_MAX = 2048
 BOX_LEN = 8
 DELETE_IDS = 1000
+ROWS_LIMIT = 16384  # Milvus' largest query window: rows fetched for one dense search's texts
 TOKEN_RE = re.compile(r"\w+", re.UNICODE)
 
 
@@ -56,6 +69,12 @@ class TextHit:
     score: float
 
 
+def text_key(text: str) -> int:
+    """Stable positive int64 key of a text as stored (its first TEXT_MAX characters)."""
+    digest = hashlib.blake2b(text[:TEXT_MAX].encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") & ((1 << 63) - 1) or 1
+
+
 def texts_alias(collection: str) -> str:
     return f"{collection}_texts"
 
@@ -69,18 +88,33 @@ class TextStore:
         self.client = milvus_client(settings)
         self._index_types = IndexTypes(self.client, self.alias)
         self._loaded: set[str] = set()
+        self._layout: dict[str, str | None] = {}
+        self._vec_index_types: IndexTypes | None = None  # physical name -> its vectors collection (None: legacy)
 
     def physical_name(self) -> str | None:
         if self.alias not in (self.client.list_aliases().get("aliases") or []):
             return None
         name = self.client.describe_alias(self.alias).get("collection_name")
         if name and name not in self._loaded:
-            from pymilvus.client.types import LoadState
-
-            if self.client.get_load_state(name).get("state") != LoadState.Loaded:
-                self.client.load_collection(name)
+            self._load(name)
+            fields = {f["name"] for f in self.client.describe_collection(name).get("fields", [])}
+            vectors = vectors_name(name) if "text_key" in fields else None
+            if vectors is not None:
+                self._load(vectors)
+            self._layout[name] = vectors
             self._loaded.add(name)
         return name
+
+    def _load(self, name: str) -> None:
+        from pymilvus.client.types import LoadState
+
+        if self.client.get_load_state(name).get("state") != LoadState.Loaded:
+            self.client.load_collection(name)
+
+    def vectors_collection(self) -> str | None:
+        """The collection of distinct-text vectors (None: nothing yet, or a legacy layout)."""
+        name = self.physical_name()
+        return self._layout.get(name) if name else None
 
     def exists(self) -> bool:
         return self.physical_name() is not None
@@ -128,18 +162,28 @@ class TextStore:
         schema.add_field("text", DataType.VARCHAR, max_length=TEXT_MAX * 4, enable_analyzer=True,
                          enable_match=True, analyzer_params={"type": "standard"})
         schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
-        schema.add_field("dense", DataType.FLOAT_VECTOR, dim=dim)
+        schema.add_field("text_key", DataType.INT64)
         schema.add_field("confidence", DataType.FLOAT)
         schema.add_field("box", DataType.ARRAY, element_type=DataType.FLOAT, max_capacity=BOX_LEN)
         schema.add_function(Function(name="text_bm25", function_type=FunctionType.BM25,
                                      input_field_names=["text"], output_field_names=["sparse"]))
         index = self.client.prepare_index_params()
         index.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
-        add_vector_index(index, "dense", index_type_for(self.settings, self.client))
         index.add_index("image_id", index_type="INVERTED")
+        index.add_index("text_key", index_type="INVERTED")
+        props = {PROP_PREFIX + "text_model": model_label, PROP_PREFIX + "text_dim": str(dim)}
+        # The vectors first: a texts collection that exists always has its vectors beside it.
+        vectors = vectors_name(name)
+        if vectors not in self.client.list_collections():
+            vschema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+            vschema.add_field("id", DataType.INT64, is_primary=True)
+            vschema.add_field("dense", DataType.FLOAT_VECTOR, dim=dim)
+            vindex = self.client.prepare_index_params()
+            add_vector_index(vindex, "dense", index_type_for(self.settings, self.client))
+            self.client.create_collection(vectors, schema=vschema, index_params=vindex)
+            self.client.alter_collection_properties(vectors, properties=props)
         self.client.create_collection(name, schema=schema, index_params=index)
-        self.client.alter_collection_properties(name, properties={
-            PROP_PREFIX + "text_model": model_label, PROP_PREFIX + "text_dim": str(dim)})
+        self.client.alter_collection_properties(name, properties=props)
 
     # -- rows ---------------------------------------------------------------------------
     def replace(self, image_id: int, items: Sequence[TextItem], vectors: Sequence[Sequence[float]]) -> int:
@@ -150,33 +194,75 @@ class TextStore:
         """Replace the texts of ``kinds`` for several images (one delete, chunked upserts)."""
         if not per_image:
             return 0
-        self.delete_images(per_image, kinds)
+        old_keys = self._delete_rows(per_image, kinds, want_keys=True)
+        vectors_coll = self.vectors_collection()
         rows = []
+        distinct: dict[int, list[float]] = {}
         for image_id, (items, vectors) in per_image.items():
             positions: dict[str, int] = {}
             for item, vec in zip(items, vectors):
                 pos = positions.get(item.kind, 0)
                 positions[item.kind] = pos + 1
                 box = [float(v) for v in item.box][:BOX_LEN]
-                rows.append({"id": text_id(image_id, item.kind, pos), "image_id": int(image_id), "kind": item.kind,
-                             "position": pos, "text": item.text[:TEXT_MAX], "dense": [float(v) for v in vec],
-                             "confidence": float(item.confidence), "box": box})
+                row = {"id": text_id(image_id, item.kind, pos), "image_id": int(image_id), "kind": item.kind,
+                       "position": pos, "text": item.text[:TEXT_MAX], "confidence": float(item.confidence),
+                       "box": box}
+                if vectors_coll is None:  # legacy layout: the vector on the row
+                    row["dense"] = [float(v) for v in vec]
+                else:
+                    row["text_key"] = key = text_key(item.text)
+                    distinct.setdefault(key, [float(v) for v in vec])
+                rows.append(row)
         for start in range(0, len(rows), UPSERT_ROWS):
             self.client.upsert(self.alias, rows[start:start + UPSERT_ROWS])
+        if vectors_coll is not None:
+            vrows = [{"id": k, "dense": v} for k, v in distinct.items()]
+            for start in range(0, len(vrows), UPSERT_ROWS):
+                self.client.upsert(vectors_coll, vrows[start:start + UPSERT_ROWS])
+            if old_keys - distinct.keys():
+                self._drop_orphans(vectors_coll, old_keys - distinct.keys())
         return len(rows)
 
     def delete_images(self, image_ids: Iterable[int], kinds: Sequence[str] = KINDS) -> None:
         """Delete every text row of the given images (of ``kinds``); nothing to do is fine.
 
         Re-indexing calls this before writing new rows, and removing an image from the index
-        (re-index of a deleted object) calls it so no orphan text stays searchable.
+        (re-index of a deleted object) calls it so no orphan text stays searchable. The
+        vectors of texts no row carries any more go too.
         """
         if not self.exists():
             return
+        keys = self._delete_rows(image_ids, kinds, want_keys=True)
+        vectors_coll = self.vectors_collection()
+        if keys and vectors_coll is not None:
+            self._drop_orphans(vectors_coll, keys)
+
+    def _delete_rows(self, image_ids: Iterable[int], kinds: Sequence[str], want_keys: bool) -> set[int]:
+        """Delete the rows; returns the text keys they carried (when asked, new layout only)."""
+        if not self.exists():
+            return set()
         ids = [int(i) for i in image_ids]
         kind_expr = "" if set(kinds) == set(KINDS) else f" and kind in {list(kinds)}"
+        want_keys = want_keys and self.vectors_collection() is not None
+        keys: set[int] = set()
         for start in range(0, len(ids), DELETE_IDS):
-            self.client.delete(self.alias, filter=f"image_id in {ids[start:start + DELETE_IDS]}{kind_expr}")
+            expr = f"image_id in {ids[start:start + DELETE_IDS]}{kind_expr}"
+            if want_keys:
+                keys |= {int(r["text_key"]) for r in self.client.query(self.alias, filter=expr,
+                                                                       output_fields=["text_key"])}
+            self.client.delete(self.alias, filter=expr)
+        return keys
+
+    def _drop_orphans(self, vectors_coll: str, keys: set[int]) -> None:
+        """Delete the vectors of those ``keys`` that no text row carries."""
+        keys_list = sorted(keys)
+        for start in range(0, len(keys_list), DELETE_IDS):
+            chunk = keys_list[start:start + DELETE_IDS]
+            used = {int(r["text_key"]) for r in self.client.query(
+                self.alias, filter=f"text_key in {chunk}", output_fields=["text_key"])}
+            orphans = [k for k in chunk if k not in used]
+            if orphans:
+                self.client.delete(vectors_coll, ids=orphans)
 
     def rows_of(self, image_id: int) -> list[dict]:
         """All text rows of one image, ordered by kind and position (for display and tests)."""
@@ -188,6 +274,8 @@ class TextStore:
         name = self.physical_name()
         if name is not None:
             self.client.flush(name)
+            if self._layout.get(name):
+                self.client.flush(self._layout[name])
 
     # -- search -------------------------------------------------------------------------
     def search_bm25(self, queries: Sequence[str], limit: int, image_filter: Sequence[int] | None = None
@@ -197,18 +285,60 @@ class TextStore:
 
     def search_dense(self, vectors: Sequence[Sequence[float]], limit: int,
                      image_filter: Sequence[int] | None = None) -> list[list[TextHit]]:
-        """Best text rows by cosine of their dense vectors, for each query vector."""
-        return self._search([list(map(float, v)) for v in vectors], "dense", "IP", limit, image_filter)
+        """Best text rows by cosine of their dense vectors, for each query vector.
+
+        Distinct texts are searched first (``limit`` of them: a text carried by several rows
+        fills several places), then the rows carrying them are fetched, best text first."""
+        data = [list(map(float, v)) for v in vectors]
+        vectors_coll = self.vectors_collection() if data else None
+        if vectors_coll is None:
+            return self._search(data, "dense", "IP", limit, image_filter)
+        if image_filter is not None and not image_filter:
+            return [[] for _ in data]
+        params = search_params(self._vector_index_type(vectors_coll), self.settings, limit)
+        found = self._direct(vectors_coll, data, "dense", limit, "", [], params)
+        if found is None:
+            found = self.client.search(vectors_coll, data=data, anns_field="dense", limit=limit,
+                                       search_params=params)
+        out = []
+        for hits in found:
+            scores = {int(h["id"]): float(h["distance"]) for h in hits}
+            if not scores:
+                out.append([])
+                continue
+            expr = f"text_key in {sorted(scores)}"
+            if image_filter is not None:
+                expr += f" and image_id in {[int(i) for i in image_filter]}"
+            rows = self.client.query(self.alias, filter=expr, output_fields=["id", "image_id", "kind", "text",
+                                                                             "text_key"], limit=ROWS_LIMIT)
+            rows.sort(key=lambda r: (-scores[int(r["text_key"])], int(r["id"])))
+            out.append([TextHit(int(r["image_id"]), r["kind"], r["text"], scores[int(r["text_key"])])
+                        for r in rows[:limit]])
+        return out
+
+    def _direct(self, name: str, data: list, field: str, limit: int, expr: str, fields: list[str],
+                params: dict) -> list[list[dict]] | None:
+        """Search an embedded Milvus Lite of this process without gRPC (None: not embedded)."""
+        if self.settings.milvus_uri:
+            return None
+        return lite_search.direct_search(self.settings.effective_milvus_uri(), name, data, field, limit, expr,
+                                         fields, params)
+
+    def _vector_index_type(self, vectors_coll: str) -> str | None:
+        if self._vec_index_types is None or self._vec_index_types.collection != vectors_coll:
+            self._vec_index_types = IndexTypes(self.client, vectors_coll)
+        return self._vec_index_types["dense"]
 
     def _search(self, data: list, field: str, metric: str, limit: int,
                 image_filter: Sequence[int] | None) -> list[list[TextHit]]:
         if not data or not self.exists():
             return [[] for _ in data]
         expr = f"image_id in {[int(i) for i in image_filter]}" if image_filter is not None else ""
-        results = self.client.search(self.alias, data=data, anns_field=field, limit=limit, filter=expr,
-                                     output_fields=["image_id", "kind", "text"],
-                                     search_params=search_params(self._index_types[field], self.settings, limit,
-                                                                 metric))
+        params = search_params(self._index_types[field], self.settings, limit, metric)
+        results = self._direct(self.alias, data, field, limit, expr, ["image_id", "kind", "text"], params)
+        if results is None:
+            results = self.client.search(self.alias, data=data, anns_field=field, limit=limit, filter=expr,
+                                         output_fields=["image_id", "kind", "text"], search_params=params)
         out = []
         for hits in results:
             # Milvus Lite reports BM25 as a negative distance (smaller = better); server as a
@@ -238,6 +368,11 @@ class TextStore:
             if not keep:
                 break
         return keep
+
+
+def vectors_name(physical: str) -> str:
+    """The distinct-text vectors collection beside texts collection ``physical``."""
+    return f"{physical}_vecs"
 
 
 def delete_texts(settings: Settings, image_ids: Iterable[int], collection: str | None = None) -> None:

@@ -7,7 +7,7 @@ import pytest
 
 from common.errors import ModelMismatchError
 from common.models.text import load_text_encoder
-from common.texts import TextItem, TextStore, text_id
+from common.texts import TextItem, TextStore, text_id, text_key
 
 
 @pytest.fixture
@@ -88,3 +88,67 @@ def test_another_text_model_is_refused(texts):
     store, encoder, _ = texts
     with pytest.raises(ModelMismatchError, match="text model"):
         store.ensure("some-other-model", encoder.dim)
+
+
+def test_shared_texts_get_one_vector_and_every_row_stays_findable(make_settings):
+    """100k text rows, 10k of them one shared tag: the vectors hold one vector per distinct
+    text, every row is found by BM25 and by dense search as an exact scan over rows finds it,
+    and vectors no row carries any more are removed."""
+    import numpy as np
+
+    dim, n_images, shared = 8, 50_000, "handbag"
+    rng = np.random.default_rng(5)
+    store = TextStore(make_settings())
+    store.ensure("toy-text-model", dim)
+    unique_vecs = rng.normal(size=(90_000, dim)).astype(np.float32)
+    unique_vecs /= np.linalg.norm(unique_vecs, axis=1, keepdims=True)
+    shared_vec = np.ones(dim, dtype=np.float32) / np.sqrt(dim)
+    per_image, rows, u = {}, [], 0  # rows: (image_id, text, vector) as an exact scan sees them
+    for image_id in range(1, n_images + 1):
+        items, vecs = [], []
+        for _ in range(2):
+            if image_id % 5 == 0 and not any(i.text == shared for i in items):
+                text, vec = shared, shared_vec
+            else:
+                text, vec = f"code XK{u}", unique_vecs[u]
+                u += 1
+            items.append(TextItem("tag" if text == shared else "ocr", text))
+            vecs.append(vec)
+            rows.append((image_id, text, vec))
+        per_image[image_id] = (items, vecs)
+    assert len(rows) == 100_000 and sum(r[1] == shared for r in rows) == 10_000
+    store.replace_many(per_image)
+    store.flush()
+    client, vectors = store.client, store.vectors_collection()
+    assert client.query(vectors, filter="", output_fields=["count(*)"])[0]["count(*)"] == 90_001
+
+    mat = np.stack([r[2] for r in rows])
+    for q in [unique_vecs[7], unique_vecs[81_234], rng.normal(size=dim).astype(np.float32)]:
+        q = q / np.linalg.norm(q)
+        exact = np.sort(mat @ q)[::-1][:20]
+        hits = store.search_dense([q], 20)[0]
+        assert [h.score for h in hits] == pytest.approx(exact.tolist(), abs=1e-5)
+        for h in hits:
+            assert h.text == shared or h.score == pytest.approx(float(unique_vecs[int(h.text[7:])] @ q), abs=1e-5)
+    # a unique row by its own vector and its own code; a shared-tag row among 10k copies
+    for j in [0, 12_345, 89_999]:
+        (image_id, text, _), = [r for r in rows if r[1] == f"code XK{j}"]
+        assert (store.search_dense([unique_vecs[j]], 1)[0][0].image_id, text) == (image_id, f"code XK{j}")
+        assert store.search_bm25([f"XK{j}"], 1)[0][0].image_id == image_id
+    for image_id in [5, 24_995, 50_000]:
+        top = store.search_dense([shared_vec], 5, image_filter=[image_id, 1])[0]
+        assert top[0].image_id == image_id and top[0].text == shared and top[0].score == pytest.approx(1.0, abs=1e-5)
+        assert image_id in {h.image_id for h in store.search_bm25([shared], 3, image_filter=[image_id])[0]}
+    assert {h.text for h in store.search_dense([shared_vec], 50)[0]} == {shared}
+    assert len(store.search_bm25([shared], 50)[0]) == 50
+
+    # the shared vector stays while one row carries it; replaced texts drop theirs
+    store.delete_images([i for i in range(5, n_images + 1, 5) if i != 50_000])
+    store.replace(1, [TextItem("ocr", "fresh text")], [unique_vecs[0]])
+    store.flush()
+    assert [h.image_id for h in store.search_dense([shared_vec], 5)[0] if h.text == shared] == [50_000]
+    store.delete_images([50_000])
+    left = {int(r["id"]) for r in client.query(vectors, filter=f"id in {[text_key(shared), text_key('code XK0')]}",
+                                               output_fields=["id"])}
+    assert left == set()
+    assert store.search_dense([unique_vecs[0]], 1)[0][0].text == "fresh text"

@@ -1,0 +1,159 @@
+"""The vectorised Milvus Lite search executor (common.lite_search), against real Milvus Lite:
+after inserts, upserts, deletes, flushes and compaction its answers are those of an exact
+scan over what the collection should hold, and those of Milvus Lite's own executor."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from common import lite_search
+from common.models.clip import ModelSpec
+from common.store import ImageStore
+
+DIM = 16
+SPEC = ModelSpec("toy-model", "toy-weights", "abc123", DIM)
+
+
+def _row(i: int, vec: np.ndarray, tag: str = "a") -> dict:
+    return {"id": i, "uri": f"file:///x/{i}-{tag}.png", "etag": tag, "source": "file:///x", "width": 1,
+            "height": 1, "bytes": 1, "mime": "image/png", "indexed_at": 0, "model": "toy-model@abc123",
+            "clip": list(map(float, vec)), "phash": [1.0] * 64}
+
+
+def _unit(a: np.ndarray) -> np.ndarray:
+    return (a / np.linalg.norm(a, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def _exact(truth: dict[int, np.ndarray], query: np.ndarray, k: int, skip: set[int] = frozenset()) -> list[int]:
+    ids = [i for i in truth if i not in skip]
+    mat = np.stack([truth[i] for i in ids])
+    scores = mat @ query
+    order = np.argsort(-scores, kind="stable")[:k]
+    return [ids[j] for j in order]
+
+
+def _check(store: ImageStore, truth: dict[int, np.ndarray], queries: np.ndarray, k: int = 12) -> None:
+    found = store.search(queries, k)
+    for q, hits in zip(queries, found):
+        assert [h.id for h in hits] == _exact(truth, q, k)
+        for h in hits:  # the entity is the row's newest version
+            assert h.uri.startswith(f"file:///x/{h.id}-")
+    # with a filter (exclusion) too
+    skip = set(list(truth)[:5])
+    for q, hits in zip(queries, store.search(queries, k, exclude_ids=sorted(skip))):
+        assert [h.id for h in hits] == _exact(truth, q, k, skip)
+
+
+def test_fast_executor_is_installed_for_a_local_file(make_settings):
+    ImageStore(make_settings())
+    assert lite_search.install() is True
+    from milvus_lite.engine import collection
+
+    assert collection.execute_search_with_index is lite_search.execute_search_fast
+    assert collection.assemble_candidates is lite_search.assemble_candidates_fast
+    assert collection.Collection._search_sparse is lite_search.search_sparse_fast
+
+
+@pytest.mark.parametrize("index", ["FLAT", "HNSW"])
+def test_answers_follow_upserts_and_deletes_across_segments_and_memtable(make_settings, index):
+    rng = np.random.default_rng(3)
+    store = ImageStore(make_settings(vector_index=index))
+    store.ensure(SPEC)
+    truth: dict[int, np.ndarray] = {}
+    queries = _unit(rng.normal(size=(6, DIM)))
+
+    def put(ids, tag):
+        vecs = _unit(rng.normal(size=(len(ids), DIM)))
+        store.upsert([_row(i, v, tag) for i, v in zip(ids, vecs)])
+        truth.update({i: v for i, v in zip(ids, vecs)})
+
+    def drop(ids):
+        store.delete(ids)
+        for i in ids:
+            truth.pop(i, None)
+
+    put(range(1, 301), "a")
+    _check(store, truth, queries)             # memtable only
+    store.flush()
+    _check(store, truth, queries)             # one sealed segment
+    put(range(250, 351), "b")                 # newer versions in the memtable shadow the segment
+    drop([5, 6, 7, 260, 340])                 # pending deletes of sealed and unsealed rows
+    _check(store, truth, queries)
+    store.flush()                             # two segments, the same key in both; tombstones
+    _check(store, truth, queries)
+    put(range(1, 40), "c")
+    drop(range(100, 160))
+    store.flush()
+    _check(store, truth, queries)
+    put(range(500, 520), "d")                 # unflushed rows and deletes again, for the scalar reads
+    drop([501, 8, 30])
+    _check(store, truth, queries)
+
+    def reads():
+        probe = [1, 5, 8, 30, 39, 40, 120, 200, 255, 300, 345, 350, 501, 502, 519, 9999]
+        return (store.search(queries, 20), store.count(), store.uris(probe), store.uris(probe, 'etag == "c"'),
+                sorted(r["id"] for page in store.scan(["id"], batch_size=64) for r in page),
+                store.get(255), store.get(501))
+
+    fast = reads()
+    lite_search.uninstall()
+    try:
+        own = reads()
+    finally:
+        lite_search.install()
+    # the fast paths and Milvus Lite's own agree, entities included, and both match the truth
+    assert [[(h.id, h.uri, round(h.score, 5)) for h in hits] for hits in fast[0]] == \
+        [[(h.id, h.uri, round(h.score, 5)) for h in hits] for hits in own[0]]
+    assert fast[1:] == own[1:]
+    assert fast[1] == len(truth) and fast[4] == sorted(truth)
+    assert set(fast[2]) == {i for i in [1, 5, 8, 30, 39, 40, 120, 200, 255, 300, 345, 350, 501, 502, 519] if i in truth}
+    assert fast[5]["etag"] == "b" and fast[6] is None
+
+
+def test_bm25_and_dense_text_search_agree_with_milvus_lites_own(make_settings):
+    from common.texts import TextItem, TextStore
+
+    rng = np.random.default_rng(4)
+    store = TextStore(make_settings())
+    store.ensure("toy-text-model", 8)
+    words = ["red", "shoe", "bag", "coat", "blue", "code", "sale", "new"]
+
+    def put(image_ids, salt):
+        per_image = {}
+        for i in image_ids:
+            items = [TextItem("ocr", f"{words[i % 8]} {words[(i * 3 + salt) % 8]} item{i}"),
+                     TextItem("tag", words[i % 5])]
+            per_image[i] = (items, _unit(rng.normal(size=(2, 8))).tolist())
+        store.replace_many(per_image)
+
+    queries = ["red shoe", "bag sale", "item7", "item130", "coat", "blue code new"]
+    vq = _unit(rng.normal(size=(4, 8)))
+
+    def answers():
+        return ([[(h.image_id, h.kind, h.text, round(h.score, 4)) for h in hits]
+                 for hits in store.search_bm25(queries, 15)],
+                [[(h.image_id, h.text, round(h.score, 4)) for h in hits] for hits in store.search_dense(vq, 15)])
+
+    def compare():
+        fast = answers()
+        lite_search.uninstall()
+        try:
+            own = answers()
+        finally:
+            lite_search.install()
+        assert fast == own
+        return fast
+
+    put(range(1, 200), 0)
+    compare()
+    store.flush()
+    put(range(100, 150), 1)              # replaced texts: the old rows are deleted, new ones unflushed
+    store.delete_images([7, 8, 9])
+    bm25, _ = compare()
+    assert bm25[2] == []                 # item7's image is gone
+    store.flush()
+    put(range(120, 140), 2)
+    store.flush()
+    bm25, _ = compare()
+    assert {h[0] for h in bm25[3]} == {130} and all("item130" in h[2] or h[1] == "tag" for h in bm25[3][:1])
