@@ -198,6 +198,9 @@ class Settings:
         "help": "Crop technique: besides the whole image, describe a GRID x GRID grid of crops "
                 "(0 or 1: whole image only)."})
     caption_timeout_s: int = field(default=60, metadata={"help": "Timeout of one endpoint request."})
+    caption_concurrency: int = field(default=8, metadata={
+        "help": "Most endpoint requests (whole images and grid crops) one worker process has in "
+                "flight at once (1: one after the other)."})
     fusion_weights: str = field(default="clip=1,bm25=1,dense=1,phash=1",
                                 metadata={"help": "Per-channel RRF weights, channel=weight comma-separated."})
     fusion_rrf_k: int = field(default=60, metadata={"help": "RRF constant: score = sum w / (k + rank)."})
@@ -411,7 +414,7 @@ def _validate_text(settings: "Settings") -> None:
         raise ConfigError(f"{PREFIX}CAPTION_BACKEND must be clip, openai, transformers or off, "
                           f"got {settings.caption_backend!r}")
     for name in ("ocr_min_side", "ocr_threads", "ocr_gate_side", "caption_max_tags", "caption_grid",
-                 "fusion_rrf_k", "caption_timeout_s"):
+                 "fusion_rrf_k", "caption_timeout_s", "caption_concurrency"):
         if getattr(settings, name) < 0:
             raise ConfigError(f"{PREFIX}{name.upper()} must be >= 0, got {getattr(settings, name)}")
     parse_weights(settings.fusion_weights)

@@ -154,12 +154,12 @@ def caption_images(items: Sequence[tuple[str, Image.Image | None]], collection: 
         kept = list(items)
     else:
         kept = []
-        for uri, img in items:
-            try:
-                descriptions.append(captioner.describe([img])[0])
+        for (uri, img), desc in zip(items, captioner.describe_each([img for _, img in items])):
+            if isinstance(desc, CaptionError):
+                outcome.failed.append(Failure(uri, "caption_error", str(desc)))
+            else:
+                descriptions.append(desc)
                 kept.append((uri, img))
-            except CaptionError as exc:
-                outcome.failed.append(Failure(uri, "caption_error", str(exc)))
     per_image = {}
     for (uri, _), desc in zip(kept, descriptions):
         texts = [TextItem("caption", c) for c in desc.captions] + [TextItem("tag", t, s) for t, s in desc.tags]

@@ -22,6 +22,7 @@ import logging
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -129,11 +130,54 @@ class Captioner(InferenceModel):
     def _warm(self) -> None:
         """Endpoints are not warmed: a request would cost the endpoint a real caption."""
 
+    concurrent = False  # True: views are described by up to IMGSEARCH_CAPTION_CONCURRENCY threads
+    _pool: ThreadPoolExecutor | None = None
+
     def describe(self, images: Sequence[Image.Image | None], vectors: np.ndarray | None = None,
                  options: CaptionOptions | None = None) -> list[Description]:
+        """One description per image; the first image that cannot be described raises."""
+        described = self.describe_each(images, options)
+        for item in described:
+            if isinstance(item, CaptionError):
+                raise item
+        return described  # type: ignore[return-value]
+
+    def describe_each(self, images: Sequence[Image.Image], options: CaptionOptions | None = None
+                      ) -> list[Description | CaptionError]:
+        """A description or the :class:`CaptionError` of each image. Every view (whole image
+        and grid crops) of every image is one request; a concurrent backend sends them on
+        its bounded pool, so one slow request does not serialise the batch. Transient faults
+        (``ConnectionError``) propagate: the stage is retried."""
         self.ready()
         opts = options or self.options
-        return [merge_views([self._view(v, opts) for v in crops(img, opts.grid)], opts.max_tags) for img in images]
+        views = [(n, view) for n, img in enumerate(images) for view in crops(img, opts.grid)]
+
+        def one(view: Image.Image) -> tuple[str, list[str]] | CaptionError:
+            try:
+                return self._view(view, opts)
+            except CaptionError as exc:
+                return exc
+
+        pool = self._views_pool()
+        answers = list(pool.map(one, [v for _, v in views])) if pool is not None and len(views) > 1 else \
+            [one(v) for _, v in views]
+        per_image: list[list] = [[] for _ in images]
+        for (n, _), answer in zip(views, answers):
+            per_image[n].append(answer)
+        out: list[Description | CaptionError] = []
+        for answers_of in per_image:
+            failed = next((a for a in answers_of if isinstance(a, CaptionError)), None)
+            out.append(failed if failed is not None else merge_views(answers_of, opts.max_tags))
+        return out
+
+    def _views_pool(self) -> ThreadPoolExecutor | None:
+        size = self.settings.caption_concurrency
+        if not self.concurrent or size < 2:
+            return None
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(size, thread_name_prefix=f"caption-{self.name}")
+            return self._pool
 
     def _view(self, image: Image.Image, options: CaptionOptions) -> tuple[str, list[str]]:  # pragma: no cover
         raise NotImplementedError
@@ -156,6 +200,10 @@ class Describer:
 
     def describe(self, images: Sequence[Image.Image | None], vectors: np.ndarray | None = None) -> list[Description]:
         return self.model.describe(images, vectors, self.options)
+
+    def describe_each(self, images: Sequence[Image.Image]) -> list[Description | CaptionError]:
+        """Per image a description or its :class:`CaptionError` (backends that need pixels)."""
+        return self.model.describe_each(images, self.options)
 
 
 class ClipTagger(Captioner):
@@ -247,6 +295,7 @@ class OpenAICaptioner(Captioner):
     """POST ``<endpoint>/chat/completions`` with each view as an ``image_url`` data URL."""
 
     name = "openai"
+    concurrent = True
 
     def __init__(self, settings: Settings):
         super().__init__(settings)
