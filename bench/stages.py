@@ -80,12 +80,14 @@ text = the same crops with two printed lines on a white label. threads = images 
 once (one onnxruntime thread each). Split = seconds per image in the gate (detector at
 the gate side), full detection (only around what the gate found), angle classifier,
 recognition (all lines of the batch together); these are summed over threads, so with 2
-threads they add up to about twice the wall time. baseline = the previous engine
+threads they add up to about twice the wall time. CPU ms per image = the process's CPU time
+(all threads) per image: what the stage costs when the cores are not shared (2 free cores
+give 2000 / that images/s). baseline = the previous engine
 (rapidocr `RapidOCR`, one image at a time, 2 threads) on the same images, engine only.
 
-| date | command | set | size | threads | stage img/s | gate / det / cls / rec ms per image \
+| date | command | set | size | threads | stage img/s | CPU ms per image | gate / det / cls / rec ms per image \
 | gated out | lines | baseline engine img/s | machine |
-|---|---|---|---|---|---|---|---|---|---|---|
+|---|---|---|---|---|---|---|---|---|---|---|---|
 """
 NO_TEXT_PHOTOS = ("astronaut", "camera", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field", "coins",
                   "moon", "brick", "grass", "gravel", "cell", "retina")
@@ -151,7 +153,7 @@ def bench_ocr(args, tmp: Path, host: str) -> None:
 
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
     threads = [int(t) for t in args.threads.split(",")]
-    base = Settings.from_env({}, data_dir=tmp / "ocr-data", caption_backend="off")
+    base = Settings.from_env({}, data_dir=tmp / "ocr-data", caption_backend="off", device=args.device)
     for size in sizes:
         sets = {name: [Image.open(io.BytesIO(b)).convert("RGB") for b in photo_jpegs(args.images, size, text)]
                 for name, text in (("photos", False), ("text", True))}
@@ -164,10 +166,11 @@ def bench_ocr(args, tmp: Path, host: str) -> None:
             for name, imgs in sets.items():
                 items = [(f"file:///{name}/{size[0]}x{size[1]}/{i}.jpg", img) for i, img in enumerate(imgs)]
                 before = model.model.timings.snapshot()
-                start = time.perf_counter()
+                start, cpu = time.perf_counter(), time.process_time()
                 done = sum(len(ocr_images(items[k:k + args.batch], "ocrbench", ctx).done)
                            for k in range(0, len(items), args.batch))
                 rate = done / (time.perf_counter() - start)
+                cpu_ms = (time.process_time() - cpu) / len(items) * 1000  # all threads of this process
                 after = model.model.timings.snapshot()
                 d = {k: after[k] - before[k] for k in after}
                 split = " / ".join(f"{d[k] / len(items) * 1000:.0f}" for k in ("gate_s", "det_s", "cls_s", "rec_s"))
@@ -177,15 +180,55 @@ def bench_ocr(args, tmp: Path, host: str) -> None:
                     rows = [r["text"] for u, _ in items for r in ctx.texts("ocrbench").rows_of(image_id(u))]
                     found = f" (codes read {sum(1 for i in range(len(items)) if f'LOT {i:05d}-QX' in rows)}" \
                             f"/{len(items)})"
-                print(f"ocr {name:6s} {size[0]}x{size[1]} threads {n}: {rate:6.2f} img/s  gate/det/cls/rec ms/img "
+                print(f"ocr {name:6s} {size[0]}x{size[1]} threads {n}: {rate:6.2f} img/s  cpu {cpu_ms:.0f} ms/img  "
+                      f"gate/det/cls/rec ms/img "
                       f"{split}  gated out {d['gated_out']}/{d['images']}  lines {d['lines']}{found}  "
                       f"baseline {base_rate} img/s")
                 if args.record:
                     record_row("## bench/stages.py — OCR stage", [name + found, f"{size[0]}x{size[1]}", n,
-                                                                 f"{rate:.2f}", split,
+                                                                 f"{rate:.2f}", f"{cpu_ms:.0f}", split,
                                                                  f"{d['gated_out']}/{d['images']}", d["lines"],
                                                                  base_rate, host], OCR_SECTION)
             MODELS.unload(kind="ocr")
+
+
+ENDPOINT_SECTION = """## bench/stages.py — caption stage against a slow OpenAI-compatible endpoint
+
+`ingest.text_stages.caption_images` with the `openai` backend against the local test
+endpoint (tests/vision_server.py, real HTTP) that sleeps DELAY seconds per answer, grid 2
+(whole image + 4 crops = 5 requests per image). concurrency = IMGSEARCH_CAPTION_CONCURRENCY.
+
+| date | command | images | delay s | concurrency | requests | img/s | max in flight | machine |
+|---|---|---|---|---|---|---|---|---|
+"""
+
+
+def bench_endpoint(args, tmp: Path, host: str) -> None:
+    """The endpoint caption backend, sequential vs bounded concurrent requests."""
+    from ingest.text_stages import TextContext, caption_images
+    from tests.vision_server import VisionEndpoint
+
+    imgs = [Image.open(io.BytesIO(b)).convert("RGB") for b in photo_jpegs(args.images, (480, 360), False)]
+    items = [(f"file:///cap/{i}.jpg", img) for i, img in enumerate(imgs)]
+    with VisionEndpoint() as endpoint:
+        for n in (int(c) for c in args.concurrency.split(",")):
+            settings = Settings.from_env({}, data_dir=tmp / "cap-data", ocr_enabled=False, caption_backend="openai",
+                                         caption_endpoint=endpoint.url, caption_model="test-vl", caption_grid=2,
+                                         caption_concurrency=n)
+            ctx = TextContext(settings)
+            endpoint.delay_s = 0.0
+            caption_images(items[:1], "capwarm", ctx)  # text model, collection
+            endpoint.delay_s, endpoint.max_in_flight, endpoint.requests[:] = args.delay, 0, []
+            start = time.perf_counter()
+            out = caption_images(items, "capbench", ctx)
+            rate = len(out.done) / (time.perf_counter() - start)
+            print(f"endpoint captions: {len(items)} images, delay {args.delay}s, concurrency {n}: {rate:.2f} img/s "
+                  f"({len(endpoint.requests)} requests, max in flight {endpoint.max_in_flight}, "
+                  f"{len(out.failed)} failed)")
+            if args.record:
+                record_row("## bench/stages.py — caption stage", [len(items), args.delay, n, len(endpoint.requests),
+                                                                 f"{rate:.2f}", endpoint.max_in_flight, host],
+                           ENDPOINT_SECTION)
 
 
 def main() -> int:
@@ -194,8 +237,12 @@ def main() -> int:
     parser.add_argument("--size", default="480x360", help="JPEG size WxH")
     parser.add_argument("--note", default="", help="appended to the machine column (e.g. 'shared')")
     parser.add_argument("--record", action="store_true", help="append the result to bench/RESULTS.md")
-    parser.add_argument("--only-ocr", action="store_true", help="only the OCR-stage rows (photos vs text)")
-    parser.add_argument("--no-ocr", action="store_true", help="skip the OCR-stage rows")
+    parser.add_argument("--parts", default="stages,ocr",
+                        help="comma-separated: stages (embed/ocr/caption row), ocr (OCR-stage rows: photos vs "
+                             "text), endpoint (caption stage against a slow local OpenAI-compatible endpoint)")
+    parser.add_argument("--device", default="auto", help="ocr part: IMGSEARCH_DEVICE (cuda: the CUDA provider)")
+    parser.add_argument("--delay", type=float, default=0.25, help="endpoint part: seconds per endpoint answer")
+    parser.add_argument("--concurrency", default="1,8", help="endpoint part: IMGSEARCH_CAPTION_CONCURRENCY values")
     parser.add_argument("--sizes", default="480x360,1024x768", help="OCR rows: image sizes WxH, comma-separated")
     parser.add_argument("--threads", default="1,2", help="OCR rows: IMGSEARCH_OCR_THREADS values, comma-separated")
     parser.add_argument("--batch", type=int, default=16, help="OCR rows: images per ocr_images call (a batch)")
@@ -203,9 +250,13 @@ def main() -> int:
                         help="OCR rows: skip the previous engine's rate")
     args = parser.parse_args()
     host = machine() + (f", {args.note}" if args.note else "")
-    if args.only_ocr:
+    parts = set(args.parts.split(","))
+    if "stages" not in parts:
         with tempfile.TemporaryDirectory() as tmp:
-            bench_ocr(args, Path(tmp), host)
+            if "ocr" in parts:
+                bench_ocr(args, Path(tmp), host)
+            if "endpoint" in parts:
+                bench_endpoint(args, Path(tmp), host)
             close_clients()
         return 0
     size = tuple(int(v) for v in args.size.split("x"))
@@ -246,8 +297,10 @@ def main() -> int:
         start = time.perf_counter()
         tagged = caption_images([(u, None) for u, _ in items], settings.collection, ctx, vectors)
         caption_rate = len(items) / (time.perf_counter() - start)
-        if not args.no_ocr:
+        if "ocr" in parts:
             bench_ocr(args, Path(tmp), host)
+        if "endpoint" in parts:
+            bench_endpoint(args, Path(tmp), host)
         close_clients()
 
     print(f"images: {args.images} x {args.size} JPEG with printed text")

@@ -96,11 +96,16 @@ class CaptionOptions:
     min_score: float = 0.1
     timeout_s: int = 60
     api_key: str = field(default="", repr=False)  # a secret: never in reprs or logs
+    concurrency: int = 8  # endpoint requests in flight at once, per describe call
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "CaptionOptions":
         return cls(settings.caption_grid, settings.caption_max_tags, settings.caption_min_score,
-                   settings.caption_timeout_s, settings.caption_api_key)
+                   settings.caption_timeout_s, settings.caption_api_key, settings.caption_concurrency)
+
+
+def options_concurrency(options: CaptionOptions) -> int:
+    return max(1, options.concurrency)
 
 
 class Captioner(InferenceModel):
@@ -131,7 +136,6 @@ class Captioner(InferenceModel):
         """Endpoints are not warmed: a request would cost the endpoint a real caption."""
 
     concurrent = False  # True: views are described by up to IMGSEARCH_CAPTION_CONCURRENCY threads
-    _pool: ThreadPoolExecutor | None = None
 
     def describe(self, images: Sequence[Image.Image | None], vectors: np.ndarray | None = None,
                  options: CaptionOptions | None = None) -> list[Description]:
@@ -158,9 +162,12 @@ class Captioner(InferenceModel):
             except CaptionError as exc:
                 return exc
 
-        pool = self._views_pool()
-        answers = list(pool.map(one, [v for _, v in views])) if pool is not None and len(views) > 1 else \
-            [one(v) for _, v in views]
+        if self.concurrent and options_concurrency(opts) > 1 and len(views) > 1:
+            with ThreadPoolExecutor(min(options_concurrency(opts), len(views)),
+                                    thread_name_prefix=f"caption-{self.name}") as pool:
+                answers = list(pool.map(one, [v for _, v in views]))
+        else:
+            answers = [one(v) for _, v in views]
         per_image: list[list] = [[] for _ in images]
         for (n, _), answer in zip(views, answers):
             per_image[n].append(answer)
@@ -169,15 +176,6 @@ class Captioner(InferenceModel):
             failed = next((a for a in answers_of if isinstance(a, CaptionError)), None)
             out.append(failed if failed is not None else merge_views(answers_of, opts.max_tags))
         return out
-
-    def _views_pool(self) -> ThreadPoolExecutor | None:
-        size = self.settings.caption_concurrency
-        if not self.concurrent or size < 2:
-            return None
-        with self._lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(size, thread_name_prefix=f"caption-{self.name}")
-            return self._pool
 
     def _view(self, image: Image.Image, options: CaptionOptions) -> tuple[str, list[str]]:  # pragma: no cover
         raise NotImplementedError
