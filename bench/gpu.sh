@@ -30,11 +30,11 @@ START=$(date +%s)
 
 if [[ $DRY == 1 ]]; then
   DEVICE=cpu; RECORD=(); NOTE="dry run"
-  ENC_B=(--images 32 --batch-size 16 --repeats 1); ENC_L=(--images 8 --batch-size 8 --repeats 1)
-  INGEST=(--images 32 --batch-size 16 --repeats 1 --overhead-batches 2)
-  OCR=(--images 4 --sizes 480x360 --threads 1 --no-baseline)
-  QUERY=(--vectors 1000 --concurrency 1 --batch-concurrency 2 --requests 20)
-  DECODE=(--images 32 --batch-size 16 --workers 2)
+  ENC_B=(--images 8 --batch-size 8 --repeats 1); ENC_L=(--images 2 --batch-size 2 --repeats 1)
+  INGEST=(--images 8 --batch-size 8 --repeats 1 --overhead-batches 2)
+  OCR=(--images 2 --sizes 480x360 --threads 1 --no-baseline)
+  QUERY=(--vectors 500 --concurrency 1 --batch-concurrency 2 --requests 10)
+  DECODE=(--images 8 --batch-size 8 --workers 2)
   LIMITS=(300 300 300 300 300 300)
 else
   DEVICE=cuda; RECORD=(--record); NOTE="GPU check (bench/gpu.sh)"
@@ -46,8 +46,8 @@ else
   INGEST=(--images 4096 --batch-size 256 --repeats 1 --overhead-batches 20)
   OCR=(--images 64 --sizes 480x360,1024x768 --threads 1 --no-baseline --batch 32)
   QUERY=(--vectors 20000 --concurrency 1,32 --batch-concurrency 16 --requests 200)
-  DECODE=(--images 4096 --batch-size 256 --workers 8)
-  LIMITS=(60 90 150 75 75 30)  # seconds; 480 in all = 8 minutes
+  DECODE=(--images 1024 --batch-size 256 --workers 8)
+  LIMITS=(60 90 150 75 60 45)  # seconds; 480 in all = 8 minutes
 fi
 "$PY" -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.get_available_providers())" || true
 

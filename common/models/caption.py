@@ -163,9 +163,12 @@ class Captioner(InferenceModel):
                 return exc
 
         if self.concurrent and options_concurrency(opts) > 1 and len(views) > 1:
-            with ThreadPoolExecutor(min(options_concurrency(opts), len(views)),
-                                    thread_name_prefix=f"caption-{self.name}") as pool:
-                answers = list(pool.map(one, [v for _, v in views]))
+            pool = ThreadPoolExecutor(min(options_concurrency(opts), len(views)),
+                                      thread_name_prefix=f"caption-{self.name}")
+            try:
+                answers = [f.result() for f in [pool.submit(one, v) for _, v in views]]
+            finally:  # a transient fault: views not sent yet are not sent (the stage is retried)
+                pool.shutdown(wait=True, cancel_futures=True)
         else:
             answers = [one(v) for _, v in views]
         per_image: list[list] = [[] for _ in images]

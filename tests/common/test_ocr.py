@@ -95,3 +95,25 @@ def test_gate_skips_photos_without_text_and_a_batch_reads_like_single_images(mak
     assert all(abs(a.confidence - b.confidence) < 0.01 for x, y in zip(batch, alone) for a, b in zip(x, y))
     xs = batch[1][0].box[0::2]
     assert 300 <= min(xs) < max(xs) <= 720  # boxes in the whole image's pixels
+
+
+def test_gpu_shape_buckets_pad_inputs_and_read_the_same(make_settings):
+    """The GPU path pads detector inputs to multiples of 128 px and recognition batches to
+    widths of 64 px and power-of-two sizes (a few shapes: flat CUDA memory). Run here on the
+    CPU provider with those buckets on: the same lines come out."""
+    import numpy as np
+
+    from common.models.ocr_engine import PpOcrEngine
+
+    engine = PpOcrEngine("cpu", threads=1)
+    images = [np.asarray(text_image(["SERIAL XK-4471-B", "fresh coffee beans"])),
+              np.asarray(text_image(["EXIT 12"], size=(200, 70)))]
+    plain = engine.read(images)
+    x, rh, rw = engine._det_input(images[0], 1280)
+    assert x.shape[2:] == (rh, rw) == (160, 416)
+    engine.gpu, engine.rec_batch = True, 32  # the bucketing a CUDA engine uses
+    x, rh, rw = engine._det_input(images[0], 1280)
+    assert x.shape[2:] == (256, 512) and (rh, rw) == (160, 416) and not x[0, :, rh:, :].any()
+    bucketed = engine.read(images)
+    assert [[t for _, t, _ in lines] for lines in bucketed] == [[t for _, t, _ in lines] for lines in plain]
+    assert [[t for _, t, _ in lines] for lines in plain] == [["SERIAL XK-4471-B", "fresh coffee beans"], ["EXIT 12"]]
