@@ -53,13 +53,9 @@ class SearchService:
     def __init__(self, settings: Settings, collection: str | None = None):
         self.settings = settings
         self.store = ImageStore(settings, collection)
-        recorded = self.store.model_spec()
-        self.model: ClipModel = load_clip(recorded.name, recorded.weights, settings)
-        if self.model.spec.digest != recorded.digest or self.model.spec.dim != recorded.dim:
-            raise ModelMismatchError(
-                f"collection {self.store.alias!r} was built with {recorded.label()}, but those "
-                f"weights now load as {self.model.spec.label()}: the checkpoint changed since "
-                "indexing; re-index or restore the original weights")
+        self.recorded = self.store.model_spec()  # CollectionNotFoundError now, not at the first query
+        self._model: ClipModel | None = None
+        self._model_lock = threading.Lock()
         # texts pair with the alias callers name (``settings.collection``), also when this
         # service is bound to the versioned collection behind it (the query worker does that)
         self._texts = TextStore(settings, settings.collection)
@@ -157,8 +153,9 @@ class SearchService:
 
                 q.image = fetch_query_image(q.image_uri, self.settings)
             q.pil = self.decode_query(q.image)
-            if texts_wanted and self.texts.exists():
-                # the query image's own text (a label, a code) is searched in the indexed texts
+            if texts_wanted and min(q.pil.size) >= self.settings.ocr_min_side and self.texts.exists():
+                # the query image's own text (a label, a code) is searched in the indexed texts;
+                # OCR loads only for an image big enough to hold a readable line
                 from common.models.ocr import load_ocr
 
                 q.query_text = " ".join(ln.text for ln in load_ocr(self.settings).predict([q.pil])[0])
@@ -202,6 +199,25 @@ class SearchService:
 
             load_ocr(self.settings).warm()  # an image query's own text: detector and recogniser
         return names
+
+    @property
+    def model(self) -> ClipModel:
+        """The CLIP model the collection was built with, loaded when a query first needs it
+        (a BM25 query never does) and checked against the digest the collection recorded."""
+        model = self._model
+        if model is None:
+            with self._model_lock:
+                if self._model is None:
+                    recorded = self.recorded
+                    loaded = load_clip(recorded.name, recorded.weights, self.settings)
+                    if loaded.spec.digest != recorded.digest or loaded.spec.dim != recorded.dim:
+                        raise ModelMismatchError(
+                            f"collection {self.store.alias!r} was built with {recorded.label()}, but those "
+                            f"weights now load as {loaded.spec.label()}: the checkpoint changed since "
+                            "indexing; re-index or restore the original weights")
+                    self._model = loaded
+                model = self._model
+        return model
 
     @property
     def texts(self) -> TextStore:
