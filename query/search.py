@@ -4,12 +4,12 @@ The model is taken from what the collection recorded when it was built, never fr
 current settings, so a query vector can never come from a different model than the
 indexed vectors (the same holds for the text model of the ``texts`` collection).
 
-:meth:`SearchService.search` is the one entry point for hybrid search: it runs the
-requested channels (``clip``, ``bm25``, ``dense``, ``phash``), fuses them by RRF
-(:mod:`query.fusion`) and returns :class:`FusedHit` s with per-channel evidence.
-:meth:`SearchService.search_many` does the same for a batch of queries with one encoder
-call per model (the query worker's dynamic batching). ``search_text``/``search_image``/
-``search_like`` are the plain CLIP searches.
+:meth:`SearchService.search_many` is the one path every search takes: it runs the requested
+channels (one registry, :mod:`query.channels`: ``clip``, ``phash``, ``bm25``, ``dense``) over
+a batch of queries with one encoder call per model and one store call per group of queries
+that can share it, fuses each query's channels by RRF (:mod:`query.fusion`) and returns
+:class:`FusedHit` s with per-channel evidence. :meth:`SearchService.search` is one query of
+it; ``search_text``/``search_image``/``search_like`` are the clip channel alone, as plain hits.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 from common.errors import BadQueryImage, ImageError, ModelMismatchError, QueryError, QueryNotFound, QueryTooLarge
 from common.images import decode_query_image
@@ -25,8 +24,8 @@ from common.models.clip import ClipModel, load_clip
 from common.settings import Settings, parse_weights
 from common.store import Hit, ImageStore
 from common.texts import TextStore
-from query.duplicates import search_phash
-from query.fusion import ChannelHit, FusedHit, fuse
+from query.channels import Channel, Query, build_channels
+from query.fusion import FusedHit, fuse
 from query.isolation import run_isolated
 from query.vocabulary import (  # noqa: F401  (re-exported: callers import them from here too)
     CHANNELS,
@@ -45,27 +44,6 @@ from query.vocabulary import (  # noqa: F401  (re-exported: callers import them 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Query:
-    """One hybrid query on its way through :meth:`SearchService.search_many`."""
-
-    kind: str  # text | image | like (an image_uri query is an image query)
-    text: str | None = None
-    image: bytes | None = None
-    like: int | str | None = None
-    image_uri: str | None = None  # s3:// URI in an allowed bucket, fetched here (query.fetch)
-    k: int = 10
-    filter_expr: str = ""
-    channels: Sequence[str] | None = None
-    must: Sequence[str] | None = None
-    # filled while answering
-    pil: object = None
-    row: dict | None = None
-    query_text: str = ""
-    vectors: dict[str, object] = field(default_factory=dict)
-    exclude: list[int] = field(default_factory=list)
-
-
 class SearchService:
     """text->image, image->image and more-like-this search over one collection.
 
@@ -75,18 +53,17 @@ class SearchService:
     def __init__(self, settings: Settings, collection: str | None = None):
         self.settings = settings
         self.store = ImageStore(settings, collection)
-        recorded = self.store.model_spec()
-        self.model: ClipModel = load_clip(recorded.name, recorded.weights, settings)
-        if self.model.spec.digest != recorded.digest or self.model.spec.dim != recorded.dim:
-            raise ModelMismatchError(
-                f"collection {self.store.alias!r} was built with {recorded.label()}, but those "
-                f"weights now load as {self.model.spec.label()}: the checkpoint changed since "
-                "indexing; re-index or restore the original weights")
+        self.recorded = self.store.model_spec()  # CollectionNotFoundError now, not at the first query
+        self._model: ClipModel | None = None
+        self._model_lock = threading.Lock()
         # texts pair with the alias callers name (``settings.collection``), also when this
         # service is bound to the versioned collection behind it (the query worker does that)
         self._texts = TextStore(settings, settings.collection)
         self._text_encoder = None
         self._lock = threading.Lock()
+        self.channels: dict[str, Channel] = build_channels(self)
+        self._weights = parse_weights(settings.fusion_weights)
+        self._tiers = {name: c.tier for name, c in self.channels.items() if c.tier is not None}
 
     # -- hybrid search ---------------------------------------------------------------------
     def search(self, text: str | None = None, image: bytes | None = None, like: int | str | None = None,
@@ -113,13 +90,14 @@ class SearchService:
         return result
 
     def search_many(self, queries: Sequence[Query]) -> list[list[FusedHit] | Exception]:
-        """Answer several hybrid queries: one CLIP text call, one CLIP image call and one
-        dense-text call for the whole batch; per query its hits or its error.
+        """Answer several queries, channel by channel over the whole batch (one CLIP text call,
+        one CLIP image call, one dense-text call; one Milvus search per group of queries that
+        share limit, filter and exclusions); per query its hits or its error.
 
-        A query's error is its own: preparing (decode, OCR, lookup) and answering (Milvus
-        searches, fusion) run per query, and a batched encoder call that fails is repeated
-        one query at a time (:func:`query.isolation.run_isolated`), so only the query that
-        broke it gets the error. QueryError is the caller's fault; any other exception is
+        A query's error is its own: preparing (decode, OCR, lookup) and answering (fusion,
+        must, uris) run per query, and a channel's batched step (encode and search) that
+        fails is repeated one query at a time (:func:`query.isolation.run_isolated`), so only
+        the query that broke it gets the error. QueryError is the caller's fault; any other exception is
         a server fault, logged here."""
         out: list[list[FusedHit] | Exception | None] = [None] * len(queries)
 
@@ -135,9 +113,10 @@ class SearchService:
                 live.append(n)
             except Exception as exc:
                 failed(n, exc)
-        encoded: list[int] = []
-        run_isolated(live, lambda ns: (self._encode([queries[n] for n in ns]), encoded.extend(ns)), failed)
-        for n in encoded:
+        for channel in self.channels.values():
+            run_isolated([n for n in live if out[n] is None and channel.name in queries[n].channels],
+                         lambda ns, channel=channel: self._run_channel(channel, [queries[n] for n in ns]), failed)
+        for n in live:
             if out[n] is None:
                 try:
                     out[n] = self._answer(queries[n])
@@ -145,12 +124,20 @@ class SearchService:
                     failed(n, exc)
         return out  # type: ignore[return-value]
 
+    @staticmethod
+    def _run_channel(channel: Channel, queries: Sequence[Query]) -> None:
+        """Encode (one call per model), search (one call per group), keep each query's evidence."""
+        channel.encode(queries)
+        for q, hits in zip(queries, channel.search(queries), strict=True):
+            q.found[channel.name] = channel.evidence(q, hits)
+
     def _prepare(self, q: Query) -> None:
         """Validate, decode the image or look up the indexed one, find the query's text."""
         check_k(q.k)
         q.channels = resolve_channels(q.kind, q.channels)
         q.must = check_must(q.must)
-        texts_wanted = {"bm25", "dense"} & set(q.channels)
+        q.depth = min(MAX_K, max(200, 10 * q.k) if q.must else max(50, 3 * q.k))
+        texts_wanted = any(self.channels[c].reads_text for c in q.channels)
         if q.kind == "text":
             if not isinstance(q.text, str):
                 raise QueryError("a text query must be a string")
@@ -166,8 +153,9 @@ class SearchService:
 
                 q.image = fetch_query_image(q.image_uri, self.settings)
             q.pil = self.decode_query(q.image)
-            if texts_wanted and self.texts.exists():
-                # the query image's own text (a label, a code) is searched in the indexed texts
+            if texts_wanted and min(q.pil.size) >= self.settings.ocr_min_side and self.texts.exists():
+                # the query image's own text (a label, a code) is searched in the indexed texts;
+                # OCR loads only for an image big enough to hold a readable line
                 from common.models.ocr import load_ocr
 
                 q.query_text = " ".join(ln.text for ln in load_ocr(self.settings).predict([q.pil])[0])
@@ -179,51 +167,12 @@ class SearchService:
         else:
             raise QueryError(f"unknown query kind {q.kind!r}")
 
-    def _encode(self, queries: Sequence[Query]) -> None:
-        """One encoder call per model for every query of the batch that needs it."""
-        texts = [q for q in queries if q.kind == "text" and "clip" in q.channels]
-        if texts:
-            for q, v in zip(texts, self.model.encode_texts([q.query_text for q in texts])):
-                q.vectors["clip"] = v
-        images = [q for q in queries if q.kind == "image" and "clip" in q.channels]
-        if images:
-            for q, v in zip(images, self.model.encode_images([q.pil for q in images])):
-                q.vectors["clip"] = v
-        dense = [q for q in queries if "dense" in q.channels and q.query_text]
-        if dense and self.texts.exists():
-            for q, v in zip(dense, self.text_encoder().encode([q.query_text for q in dense])):
-                q.vectors["dense"] = v
-        for q in queries:  # an image query's phash is searched with its variants (query.duplicates)
-            if q.kind == "like":
-                q.vectors["clip"] = q.row["clip"]
-                if "phash" in q.channels:
-                    q.vectors["phash"] = self.store.client.query(
-                        self.store.alias, filter=f"id == {q.exclude[0]}", output_fields=["phash"])[0]["phash"]
-
     def _answer(self, q: Query) -> list[FusedHit]:
-        depth = min(MAX_K, max(200, 10 * q.k) if q.must else max(50, 3 * q.k))
-        found: dict[str, list[ChannelHit]] = {}
-        uris: dict[int, str] = {}
-        for name in ("clip", "phash"):
-            if name in q.channels:
-                if name == "phash" and q.kind == "image":  # the query's hash and its crop/rotation variants
-                    hits = search_phash(self.store, q.pil, depth, q.filter_expr, q.exclude)
-                else:
-                    hits = self.store.search([q.vectors[name]], depth, field=name, exclude_ids=q.exclude,
-                                             filter_expr=q.filter_expr)[0]
-                if name == "phash":
-                    hits = [h for h in hits if h.score >= self.settings.phash_min_score]
-                uris.update({h.id: h.uri for h in hits})
-                found[name] = [ChannelHit(h.id, h.score) for h in hits]
-        skip = set(q.exclude)
-        if "bm25" in q.channels:
-            rows = self.texts.search_bm25([q.query_text], depth * 3)[0] if q.query_text else []
-            found["bm25"] = [ChannelHit(r.image_id, r.score, r.text, r.kind) for r in rows if r.image_id not in skip]
-        if "dense" in q.channels:
-            rows = self.texts.search_dense([q.vectors["dense"]], depth * 3)[0] if "dense" in q.vectors else []
-            found["dense"] = [ChannelHit(r.image_id, r.score, r.text, r.kind) for r in rows if r.image_id not in skip]
-        fused = fuse(found, parse_weights(self.settings.fusion_weights), self.settings.fusion_rrf_k,
-                     tiers={"phash": self.settings.phash_tier_score})
+        """Fuse the query's channels (each one asked for is there, empty or not), apply
+        ``must``, find the URIs the text channels do not know, cut to k."""
+        found = {name: q.found.get(name, []) for name in self.channels if name in q.channels}
+        uris = q.uris
+        fused = fuse(found, self._weights, self.settings.fusion_rrf_k, tiers=self._tiers)
         if q.must:
             keep = self.texts.images_containing([i for i, _, _ in fused], q.must)
             fused = [f for f in fused if f[0] in keep]
@@ -234,6 +183,41 @@ class SearchService:
             uris.update(self.store.uris(missing, q.filter_expr))
             fused = [f for f in fused if f[0] in uris]
         return [FusedHit(i, uris[i], score, evidence) for i, score, evidence in fused[:q.k]]
+
+    def warm(self, channels: Sequence[str] | None = None) -> list[str]:
+        """Load and run once what ``channels`` need (default: every channel this collection
+        serves; the text channels only when it has texts), OCR of query images included when
+        a text channel is warmed, so that the first answer is as fast as the tenth. Returns
+        the channels warmed."""
+        has_texts = self.texts.exists()
+        names = list(channels) if channels is not None else [
+            n for n, c in self.channels.items() if has_texts or not c.reads_text]
+        for name in names:
+            self.channels[name].warm()
+        if has_texts and any(self.channels[n].reads_text for n in names):
+            from common.models.ocr import load_ocr
+
+            load_ocr(self.settings).warm()  # an image query's own text: detector and recogniser
+        return names
+
+    @property
+    def model(self) -> ClipModel:
+        """The CLIP model the collection was built with, loaded when a query first needs it
+        (a BM25 query never does) and checked against the digest the collection recorded."""
+        model = self._model
+        if model is None:
+            with self._model_lock:
+                if self._model is None:
+                    recorded = self.recorded
+                    loaded = load_clip(recorded.name, recorded.weights, self.settings)
+                    if loaded.spec.digest != recorded.digest or loaded.spec.dim != recorded.dim:
+                        raise ModelMismatchError(
+                            f"collection {self.store.alias!r} was built with {recorded.label()}, but those "
+                            f"weights now load as {loaded.spec.label()}: the checkpoint changed since "
+                            "indexing; re-index or restore the original weights")
+                    self._model = loaded
+                model = self._model
+        return model
 
     @property
     def texts(self) -> TextStore:
@@ -266,27 +250,24 @@ class SearchService:
                 raise QueryTooLarge(f"query image too large ({exc.reason}): {exc.message}") from None
             raise BadQueryImage(exc.reason, exc.message) from None
 
-    # -- plain CLIP searches -----------------------------------------------------------------
+    # -- plain CLIP searches (the same path: the clip channel alone) -------------------------
     def search_text(self, text: str, k: int = 10, filter_expr: str = "") -> list[Hit]:
-        check_text(text, "the text query")
-        text = (text or "").strip()
-        if not text:
-            raise QueryError("empty text query")
-        if len(text) > MAX_TEXT_CHARS:
-            raise QueryError(f"text query longer than {MAX_TEXT_CHARS} characters")
-        return self._search(self.model.encode_texts([text])[0], k, filter_expr=filter_expr)
+        return self._plain(self.search(text=text, k=k, filter_expr=filter_expr, channels=["clip"]))
 
     def search_image(self, image: bytes, k: int = 10, filter_expr: str = "") -> list[Hit]:
         """Search by an image given as bytes (a caller with a file reads it itself).
 
         ``filter_expr`` (here and below) is a Milvus expression compiled by ``query.filters``
         from structured filters; callers outside this package never write one."""
-        return self._search(self.model.encode_images([self.decode_query(image)])[0], k, filter_expr=filter_expr)
+        return self._plain(self.search(image=image, k=k, filter_expr=filter_expr, channels=["clip"]))
 
     def search_like(self, ref: int | str, k: int = 10, filter_expr: str = "") -> list[Hit]:
         """Images like an indexed one (by id or URI); the image itself is left out."""
-        row = self.lookup(ref)
-        return self._search(row["clip"], k, exclude=[int(row["id"])], filter_expr=filter_expr)
+        return self._plain(self.search(like=ref, k=k, filter_expr=filter_expr, channels=["clip"]))
+
+    @staticmethod
+    def _plain(hits: list[FusedHit]) -> list[Hit]:
+        return [Hit(h.id, h.uri, h.score) for h in hits]
 
     def lookup(self, ref: int | str) -> dict:
         """The indexed row (with its vector) for an image id or URI; QueryNotFound if absent.
@@ -308,13 +289,3 @@ class SearchService:
             shown = ref if isinstance(ref, int) else ref.strip()[:200]
             raise QueryNotFound(f"no indexed image with id or uri {shown!r} in {self.store.alias!r}")
         return row
-
-    def _search(self, vector, k: int, exclude: list[int] | None = None, filter_expr: str = "") -> list[Hit]:
-        return self.search_vectors([vector], k, exclude, filter_expr)[0]
-
-    def search_vectors(self, vectors, k: int, exclude: list[int] | None = None,
-                       filter_expr: str = "") -> list[list[Hit]]:
-        """One Milvus search for several query vectors that share k, exclusions and filter
-        (the query worker batches concurrent requests through here)."""
-        check_k(k)
-        return self.store.search(list(vectors), k, exclude_ids=exclude or (), filter_expr=filter_expr)

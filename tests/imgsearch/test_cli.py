@@ -165,3 +165,28 @@ def test_config_masks_credentials_in_url_query_strings(tmp_path, model_cache):
     for secret in ("topsecret", "hunter2", "tok42"):
         assert secret not in proc.stdout
     assert "redis://cache:6379/0?password=****" in proc.stdout
+
+
+NO_HEAVY_IMPORTS = """
+import contextlib, io, json, sys
+from imgsearch.cli import main
+
+codes = []
+for argv in (["--help"], ["search", "--help"], ["search"], ["search", "--text", "x", "-k", "0"],
+             ["search", "--text", "x", "--channels", "bm42"], ["nope"]):
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            codes.append(main(argv))
+        except SystemExit as exc:
+            codes.append(exc.code)
+print(json.dumps([codes, sorted(m for m in ("torch", "open_clip", "transformers", "pymilvus", "rapidocr")
+                                if m in sys.modules)]))
+"""
+
+
+def test_help_and_usage_errors_import_no_model_or_milvus_library(tmp_path, model_cache):
+    env = {**os.environ, "IMGSEARCH_DATA_DIR": str(tmp_path), "IMGSEARCH_MODEL_CACHE_DIR": str(model_cache)}
+    proc = subprocess.run([sys.executable, "-c", NO_HEAVY_IMPORTS], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == [[0, 0, 2, 1, 1, 2], []]

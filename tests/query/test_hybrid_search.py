@@ -5,6 +5,7 @@ image queries find near-duplicates by phash and search the query image's own tex
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import subprocess
 import sys
@@ -130,6 +131,75 @@ def test_reindexing_a_changed_image_replaces_its_text(hybrid, tmp_path, model_ca
     texts = TextStore(settings)
     assert [r["text"] for r in texts.rows_of(image_id((folder / "board.png").as_uri()))] == ["CLOSED FOREVER"]
     assert SearchService(settings).search(text="OPEN 9-17", k=3, channels=["bm25"]) == []
+
+
+def test_the_channels_are_one_registry_and_one_path(hybrid):
+    from query.channels import REGISTRY
+
+    _, folder, service = hybrid
+    assert list(REGISTRY) == ["clip", "phash", "bm25", "dense"] and set(service.channels) == set(REGISTRY)
+    fused = service.search(text="a sneaker", k=5, channels=["clip"])
+    plain = service.search_text("a sneaker", 5)  # the clip channel alone, as plain hits
+    assert [(h.id, h.uri, h.score) for h in plain] == [(h.id, h.uri, h.score) for h in fused]
+    assert [h.evidence for h in fused] == [{"clip": {"rank": n, "score": round(h.score, 6)}}
+                                           for n, h in enumerate(fused, 1)]
+
+
+def test_warm_up_loads_every_channel_it_serves_and_nothing_loads_before(hybrid):
+    from common.models.base import MODELS
+
+    settings, _, _ = hybrid
+    MODELS.unload()  # the others' services load theirs again on their next query
+    service = SearchService(settings)
+    assert MODELS.loaded() == []  # a service loads a model when a query first needs it
+    assert service.warm() == ["clip", "phash", "bm25", "dense"]
+    assert {i.kind for i in MODELS.loaded()} == {"clip", "text", "ocr"}  # OCR: image queries' own text
+    assert all(m.loaded for c in service.channels.values() for m in c.models())
+
+
+LAZY = """
+import json, sys
+from pathlib import Path
+from common.models.base import MODELS
+from common.settings import Settings
+from query.search import SearchService
+
+service, out = SearchService(Settings.from_env()), {}
+kinds = lambda: sorted({i.kind for i in MODELS.loaded()})
+service.search(text="XK-4471-B", k=3, channels=["bm25"])
+out["bm25"] = ["torch" in sys.modules, kinds()]
+service.search(text="a sneaker", k=3, channels=["clip"])
+out["clip"] = kinds()
+service.search(image=Path(sys.argv[1]).read_bytes(), k=3)  # 28x28: too small to OCR
+out["small image"] = kinds()
+service.search(image=Path(sys.argv[2]).read_bytes(), k=3, channels=["clip", "phash"])
+out["sign, no text channel"] = kinds()
+service.search(text="a sneaker", k=3)
+out["text"] = kinds()
+service.search(image=Path(sys.argv[2]).read_bytes(), k=3)
+out["sign"] = kinds()
+print(json.dumps(out))
+"""
+
+
+def test_a_search_process_loads_only_what_its_queries_need(hybrid, tmp_path):
+    """In a fresh process (as the CLI runs it): BM25 alone imports no torch; CLIP loads for the
+    clip channel, the text model for dense text, OCR only for a text channel on an image
+    big enough to read. Last but one here: it releases the Milvus Lite file."""
+    from milvus_lite.server_manager import server_manager_instance
+
+    from common.store import close_clients
+
+    settings, folder, _ = hybrid
+    close_clients()
+    server_manager_instance.release_server(settings.effective_milvus_uri())  # the in-process Lite server
+    small = next((folder / "bag").glob("*.png"))
+    proc = subprocess.run([sys.executable, "-c", LAZY, str(small), str(folder / "serial.png")],
+                          env=settings_env(settings), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.splitlines()[-1]) == {
+        "bm25": [False, []], "clip": ["clip"], "small image": ["clip"], "sign, no text channel": ["clip"],
+        "text": ["clip", "text"], "sign": ["clip", "ocr", "text"]}
 
 
 def test_cli_shows_channels_and_evidence(hybrid):

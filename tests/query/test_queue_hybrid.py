@@ -75,3 +75,27 @@ def test_bad_channels_and_must_get_error_replies(queue_settings, start_worker):
         reply = json.loads(popped[1])
         assert reply["ok"] is False and reply["error"]["code"] == "bad_request", reply
         assert message in reply["error"]["message"], (name, reply)
+
+
+def test_a_ready_worker_loads_nothing_more_for_any_channel(queue_settings, start_worker, samples_dir):
+    """Warm-up covers every channel the worker serves: once it is ready, the first answers on
+    every channel and query kind (a sign's OCR included) load no model; the first answer is
+    as fast as the tenth."""
+    from tests.text_images import png, text_image
+
+    settings = queue_settings.with_overrides(log_level="INFO")
+    worker = start_worker(settings)
+    before = worker.log_path.read_text(errors="replace")
+    assert before.count("model loaded") >= 3, before[-3000:]  # clip, the text model, OCR
+    service = SearchService(settings)
+    some_id = int(service.store.client.query(service.store.alias, filter="id >= 0", output_fields=["id"],
+                                             limit=1)[0]["id"])
+    client = SearchClient(settings=settings)
+    sign = png(text_image(["SERIAL XK-4471-B", "made in Germany"]))
+    small = sorted((samples_dir / "bag").glob("*.png"))[0].read_bytes()
+    for kwargs in (dict(text="a sneaker"), dict(image=sign), dict(image=small), dict(like=some_id),
+                   dict(text="a coat", channels=["dense"]), dict(image=sign, channels=["bm25"])):
+        assert client.search(k=3, **kwargs).hits is not None
+    client.close()
+    after = worker.log_path.read_text(errors="replace")
+    assert after.count("model loaded") == before.count("model loaded"), after[len(before):][-3000:]
