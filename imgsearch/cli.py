@@ -104,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "batch_size", None) is not None:
             settings = settings.with_overrides(batch_size=args.batch_size)
         setup_logging(settings.log_level)
-        return COMMANDS[args.command](args, settings)
+        from imgsearch.cli_embedded import run_command  # one process per embedded data dir
+
+        return run_command(args.command, COMMANDS[args.command], args, settings)
     except ImgsearchError as exc:
         print(f"imgsearch: error: {exc}", file=sys.stderr)
         return EXIT_ERROR

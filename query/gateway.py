@@ -1,7 +1,9 @@
 """HTTP gateway: FastAPI on top of :class:`query.client.AsyncSearchClient`.
 
 The gateway holds no model and no Milvus connection; it turns HTTP into queue requests,
-so it is cheap to scale and never competes with workers for the encoder. It reads no file
+so it is cheap to scale and never competes with workers for the encoder. In embedded mode
+(no ``IMGSEARCH_REDIS_URL``) it sits on :class:`query.local.LocalSearchClient` instead: the
+same batching and replies from a search service in this process. It reads no file
 and fetches no URI a caller names: query images arrive as bytes (base64 or an upload) or
 as an ``s3://`` URI that a worker fetches from an allowed bucket. Endpoints:
 
@@ -138,14 +140,24 @@ class Metrics:
                            registry=self.registry)
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """The gateway app for ``settings`` (Redis URL, API key, body and image limits)."""
+def create_app(settings: Settings, indexer=None) -> FastAPI:
+    """The gateway app for ``settings`` (Redis URL, API key, body and image limits).
+
+    ``indexer`` (from the command line: :mod:`imgsearch.indexer`) adds the indexing
+    endpoints (:mod:`query.indexing`); without it the gateway only searches."""
     metrics = Metrics()
     state: dict[str, AsyncSearchClient] = {}
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
-        state["client"] = AsyncSearchClient(settings=settings)
+        if settings.embedded:  # no Redis: the search service runs in this process (query.local)
+            from query.local import LocalSearchClient
+
+            client = LocalSearchClient(settings)
+            client.start()
+            state["client"] = client  # type: ignore[assignment]
+        else:
+            state["client"] = AsyncSearchClient(settings=settings)
         yield
         await state["client"].close()
 
@@ -267,14 +279,16 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/readyz", responses={503: {"model": dict[str, ErrorBody]}})
     async def readyz() -> dict:
-        """Readiness: Redis answers and at least one warm query worker has a fresh heartbeat."""
+        """Readiness: Redis answers and at least one warm query worker has a fresh heartbeat
+        (embedded: the in-process search service is warm)."""
         try:
             workers = await state["client"].ready_workers()
         except Exception as exc:
             raise GatewayError(NOT_READY, f"redis unavailable: {type(exc).__name__}") from None
         metrics.ready.set(len(workers))
         if not workers:
-            raise GatewayError(NOT_READY, "no warm query worker has sent a heartbeat recently")
+            raise GatewayError(NOT_READY, "the embedded search service is still warming up" if settings.embedded
+                               else "no warm query worker has sent a heartbeat recently")
         return {"status": "ready", "workers": workers}
 
     @app.get("/metrics")
@@ -290,6 +304,12 @@ def create_app(settings: Settings) -> FastAPI:
     from query import webapp
 
     webapp.install(app, settings, lambda: state["client"], require_key, GatewayError, error_of)
+    if indexer is not None:
+        from query import indexing
+
+        app.state.job_store = indexer
+        indexing.install(app, settings, indexer, require_key, GatewayError)
+    app.state.client_of = lambda: state["client"]
     return app
 
 

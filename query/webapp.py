@@ -160,9 +160,14 @@ def install(app: FastAPI, settings: Settings, client_of: Callable[[], AsyncSearc
 
     def job_store():
         if not jobs_store:
-            from common.jobs import JobStore
+            if getattr(app.state, "job_store", None) is not None:  # embedded serve: jobs of this process
+                jobs_store.append(app.state.job_store)
+            elif settings.redis_url:
+                from common.jobs import JobStore
 
-            jobs_store.append(JobStore.from_url(settings.redis_url))
+                jobs_store.append(JobStore.from_url(settings.redis_url))
+            else:
+                jobs_store.append(NoJobs())
         return jobs_store[0]
 
     @app.get("/v1/jobs", dependencies=keyed)
@@ -181,6 +186,18 @@ def install(app: FastAPI, settings: Settings, client_of: Callable[[], AsyncSearc
         except JobNotFoundError as exc:
             raise error("not_found", str(exc)) from None
         return {"job": job_id, "dead_letters": entries}
+
+
+class NoJobs:
+    """The job store of an embedded gateway that runs no ingest: no jobs."""
+
+    def list(self, limit: int) -> list:
+        return []
+
+    def dead_letters(self, job_id: str) -> list[dict]:
+        from common.jobs import JobNotFoundError
+
+        raise JobNotFoundError(f"no job {job_id!r} (embedded serve keeps no job history)")
 
 
 def _etag(row: dict, size: int) -> str:

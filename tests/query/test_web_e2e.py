@@ -1,6 +1,7 @@
 """The web page end to end in real headless Chromium (Debian's ``chromium`` driven by Playwright)
-against a live ``imgsearch serve`` subprocess, a query worker subprocess and the 200 bundled
-samples indexed in a Milvus Lite server.
+against a live ``imgsearch serve`` subprocess and the 200 bundled samples indexed in a Milvus
+Lite server, twice: with a query worker subprocess behind Redis, and embedded (no Redis: the
+gateway answers through its in-process search service).
 
 Expected results are computed in this process with :class:`query.search.SearchService`
 over the same collection, never written down. Screenshots of every view go to
@@ -90,12 +91,18 @@ def serving(settings, log_path: Path):
         log.close()
 
 
-@pytest.fixture(scope="module")
-def stack(served_samples, redis_server, tmp_path_factory):
-    """Worker + ``imgsearch serve`` on a free port; yields (base URL, settings)."""
+@pytest.fixture(scope="module", params=["queue", "embedded"])
+def stack(request, served_samples, redis_server, tmp_path_factory):
+    """``imgsearch serve`` on a free port, in front of a query worker through Redis ("queue")
+    or answering in its own process with no Redis ("embedded"); yields (base URL, settings)."""
+    logs = tmp_path_factory.mktemp(f"web-e2e-logs-{request.param}")
+    if request.param == "embedded":
+        settings = served_samples.with_overrides(query_timeout_ms=60_000, gateway_port=free_port())
+        with serving(settings, logs / "serve.log") as base:
+            yield base, settings
+        return
     settings = served_samples.with_overrides(redis_url=redis_server.url, query_stream=f"e2e:{uuid.uuid4().hex[:8]}",
                                              query_timeout_ms=60_000, gateway_port=free_port())
-    logs = tmp_path_factory.mktemp("web-e2e-logs")
     with running_worker(settings, logs), serving(settings, logs / "serve.log") as base:
         yield base, settings
 
@@ -205,6 +212,8 @@ def test_collection_map_renders_points_with_hover_previews(page, stack, artifact
 
 def test_job_view_shows_a_job_and_its_dead_letters(page, stack, artifacts):
     _base, settings = stack
+    if settings.embedded:
+        pytest.skip("Redis job records; the embedded server's own jobs: tests/imgsearch/test_serve_embedded.py")
     job_id = ingest_job(settings.redis_url, "s3://photos/2024/", listed=40, indexed=12,
                         failed_uris=["s3://photos/2024/broken.jpg", "s3://photos/2024/empty.jpg"])
     page.click("#nav-jobs")

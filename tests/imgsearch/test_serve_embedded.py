@@ -1,0 +1,145 @@
+"""``imgsearch serve`` with no Redis, and the commands that share its data dir meanwhile.
+
+Real subprocesses on a Milvus Lite file (one process per data dir): the server holds the
+dir; ``search`` and ``ingest`` go through it, ``duplicates`` stops with one line naming the
+holder; after the server stops the data dir is whole and searchable directly.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from common.settings import Settings
+from imgsearch.demo import SAMPLES_DIR
+from tests.query.conftest import ROOT, settings_env
+from tests.servers import free_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+CLASSES = ("bag", "sneaker")
+
+
+def cli(settings: Settings, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "imgsearch", *args], cwd=ROOT, env=settings_env(settings),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def wait_ready(proc: subprocess.Popen, base: str, log) -> None:
+    import time
+
+    until = time.monotonic() + 300
+    while True:
+        assert proc.poll() is None, log.read_text()
+        try:
+            if httpx.get(base + "/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < until, "embedded serve not ready:\n" + log.read_text()
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, model_cache):
+    """Two sample classes indexed by ``imgsearch ingest`` into a Lite data dir, then ``imgsearch
+    serve`` on it (no Redis); yields (base URL, settings, server process)."""
+    root = tmp_path_factory.mktemp("embedded-serve")
+    photos = root / "photos"
+    for name in CLASSES:
+        shutil.copytree(SAMPLES_DIR / name, photos / name)
+    settings = Settings.from_env({}, data_dir=root / "data", model_cache_dir=str(model_cache),
+                                 gateway_port=free_port(), query_max_wait_ms=50)
+    first = cli(settings, "ingest", str(photos), "--no-progress")
+    assert first.returncode == 0, first.stderr
+    log = root / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "imgsearch", "serve"], cwd=ROOT, env=settings_env(settings),
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{settings.gateway_port}"
+    try:
+        wait_ready(proc, base, log)
+        yield base, settings, proc, root
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+
+
+def test_the_page_and_the_api_answer_without_redis(served):
+    base, _settings, _proc, _root = served
+    page = httpx.get(base + "/")
+    assert page.status_code == 200 and "<html" in page.text.lower()
+    reply = httpx.post(base + "/v1/search", json={"text": "a bag", "k": 5}, timeout=60).json()
+    assert len(reply["hits"]) == 5 and reply["worker"].startswith("embedded-")
+    assert sum("/bag/" in h["uri"] for h in reply["hits"]) >= 4
+    stats = httpx.get(base + "/v1/stats", timeout=60).json()
+    assert stats["count"] == 40
+    top = reply["hits"][0]["id"]
+    thumb = httpx.get(f"{base}/v1/thumbnails/{top}?size=64", timeout=60)
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+
+
+def test_search_on_the_held_data_dir_goes_through_the_server(served):
+    base, settings, _proc, _root = served
+    proc = cli(settings, "search", "--text", "a sneaker", "-k", "5", "--json")
+    assert proc.returncode == 0, proc.stderr
+    hits = json.loads(proc.stdout)
+    direct = httpx.post(base + "/v1/search", json={"text": "a sneaker", "k": 5}, timeout=60).json()["hits"]
+    assert [h["id"] for h in hits] == [h["id"] for h in direct]
+    image = cli(settings, "search", "--image", str(sorted((SAMPLES_DIR / "bag").glob("*.png"))[0]), "-k", "3")
+    assert image.returncode == 0 and "/bag/" in image.stdout.splitlines()[0], image.stderr
+
+
+def test_a_command_that_cannot_go_through_names_the_holder_in_one_line(served):
+    _base, settings, server, _root = served
+    proc = cli(settings, "duplicates")
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr
+    assert f"pid {server.pid}" in lines[0] and "imgsearch serve" in lines[0]
+
+
+def test_ingest_on_the_held_data_dir_runs_as_a_job_of_the_server(served):
+    base, settings, _proc, root = served
+    new = root / "new"
+    new.mkdir()
+    for n, path in enumerate(sorted((SAMPLES_DIR / "coat").glob("*.png"))[:2]):
+        shutil.copy(path, new / f"coat{n}.png")
+    (new / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    proc = cli(settings, "ingest", str(new), "--json")
+    assert proc.returncode == 3, proc.stderr  # one image failed: the embedded ingest's exit code
+    summary = json.loads(proc.stdout)
+    assert (summary["indexed"], summary["failed"]) == (2, 1)
+    assert summary["failures"][0]["reason"] == "unsupported_type"  # the same typed reason as any ingest
+    assert httpx.get(base + "/v1/stats", timeout=60).json()["count"] == 42
+    hits = httpx.post(base + "/v1/search", json={"text": "a coat", "k": 2}, timeout=60).json()["hits"]
+    assert {h["uri"] for h in hits} == {p.as_uri() for p in new.glob("coat*.png")}
+    jobs = httpx.get(base + "/v1/jobs", timeout=60).json()["jobs"]
+    assert jobs[0]["source"] == new.as_uri() and jobs[0]["status"] == "done"
+    dead = httpx.get(f"{base}/v1/jobs/{jobs[0]['id']}/dead-letters", timeout=60).json()["dead_letters"]
+    assert [d["uri"] for d in dead] == [(new / "broken.png").as_uri()]
+
+
+def test_a_job_source_outside_the_allow_list_is_refused(served):
+    base, _settings, _proc, _root = served
+    reply = httpx.post(base + "/v1/jobs", json={"source": "s3://not-allowed/x/"}, timeout=60)
+    assert reply.status_code == 400 and reply.json()["error"]["code"] == "bad_request"
+    assert "IMGSEARCH_QUERY_URI_BUCKETS" in reply.json()["error"]["message"]
+
+
+def test_zz_after_the_server_stops_the_data_dir_is_whole(served):
+    """Last in the module: stops the server, then opens the Lite file directly."""
+    _base, settings, server, _root = served
+    server.send_signal(signal.SIGTERM)
+    server.wait(60)
+    proc = cli(settings, "search", "--text", "a coat", "-k", "3", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert all("/new/coat" in h["uri"] for h in json.loads(proc.stdout)[:2])
+    dups = cli(settings, "duplicates", "--json")
+    assert dups.returncode == 0, dups.stderr
