@@ -53,7 +53,8 @@ def served(tmp_path_factory, model_cache):
     photos = root / "photos"
     for name in CLASSES:
         shutil.copytree(SAMPLES_DIR / name, photos / name)
-    settings = Settings.from_env({}, data_dir=root / "data", model_cache_dir=str(model_cache),
+    settings = Settings.from_env({}, clip_model="imgsearch-fmnist-lit-minilm",
+                                 data_dir=root / "data", model_cache_dir=str(model_cache),
                                  gateway_port=free_port(), query_max_wait_ms=50)
     first = cli(settings, "ingest", str(photos), "--no-progress")
     assert first.returncode == 0, first.stderr
