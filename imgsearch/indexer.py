@@ -7,7 +7,9 @@ ingest``) and keeps their records in memory; :class:`DistributedJobs` submits th
 Celery workers and reads them from Redis (:mod:`common.jobs`).
 
 Both answer the job store interface the web page reads (``list``, ``dead_letters``) plus
-``start(source, include, kind)`` and ``get(job_id)`` -> a dict with ``finished``.
+``start(source, include, kind)`` and ``get(job_id)`` -> a dict with ``finished``, and the
+one-image calls of ``/v1/images`` (``upload``, ``index_uri``, ``delete``, ``detail``;
+:mod:`imgsearch.images_api`).
 """
 
 from __future__ import annotations
@@ -79,11 +81,7 @@ class EmbeddedJobs:
         finally:
             job.planned = True
             job.finished_at = time.time()
-            if self._on_change is not None:
-                try:
-                    self._on_change()
-                except Exception:
-                    log.exception("after-job hook failed")
+            self._changed()
 
     def view(self, job: Job) -> dict:
         extra = {k: v for k, v in self.results.get(job.id, {}).items() if k != "dead_letters"}
@@ -102,6 +100,40 @@ class EmbeddedJobs:
         if job_id not in self.jobs:
             raise JobNotFoundError(f"no job {job_id!r} in this server")
         return list(self.results.get(job_id, {}).get("dead_letters", []))
+
+    # -- one image (POST/GET/DELETE /v1/images): on the jobs' thread, one write at a time --
+    def _on_jobs_thread(self, fn, *args):
+        return self._pool.submit(fn, *args).result()
+
+    def upload(self, data: bytes, name: str | None) -> dict:
+        from imgsearch.images_api import store_upload
+
+        return self.index_uri(store_upload(data, name, self.settings))
+
+    def index_uri(self, uri: str) -> dict:
+        from imgsearch.images_api import index_embedded
+
+        try:
+            return self._on_jobs_thread(index_embedded, uri, self.settings)
+        finally:
+            self._changed()
+
+    def delete(self, ident: int) -> dict | None:
+        from imgsearch.images_api import delete_image
+
+        return self._on_jobs_thread(delete_image, ident, self.settings)
+
+    def detail(self, ident: int) -> dict | None:
+        from imgsearch.images_api import image_detail
+
+        return image_detail(ident, self.settings)
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            try:
+                self._on_change()
+            except Exception:
+                log.exception("after-write hook failed")
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -131,6 +163,26 @@ class DistributedJobs:
 
     def list(self, limit: int = 20) -> list[Job]:
         return self.store.list(limit)
+
+    def upload(self, data: bytes, name: str | None) -> dict:
+        from imgsearch.images_api import store_upload
+
+        return self.index_uri(store_upload(data, name, self.settings))
+
+    def index_uri(self, uri: str) -> dict:
+        from imgsearch.images_api import index_distributed
+
+        return index_distributed(uri, self.settings)
+
+    def delete(self, ident: int) -> dict | None:
+        from imgsearch.images_api import delete_image
+
+        return delete_image(ident, self.settings)
+
+    def detail(self, ident: int) -> dict | None:
+        from imgsearch.images_api import image_detail
+
+        return image_detail(ident, self.settings)
 
     def dead_letters(self, job_id: str) -> list[dict]:
         return self.store.dead_letters(job_id)

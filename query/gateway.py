@@ -110,9 +110,10 @@ class ErrorBody(BaseModel):
 
 
 class GatewayError(Exception):
-    def __init__(self, code: str, message: str, headers: dict[str, str] | None = None):
+    def __init__(self, code: str, message: str, headers: dict[str, str] | None = None, extra: dict | None = None):
         super().__init__(message)
         self.code, self.message, self.headers = code, message, headers or {}
+        self.extra = extra or {}  # more fields of the error body (an image's ingest ``reason``)
 
 
 def error_of(exc: SearchError) -> GatewayError:
@@ -180,7 +181,8 @@ def create_app(settings: Settings, indexer=None) -> FastAPI:
 
     @app.exception_handler(GatewayError)
     async def _gateway_error(_request: Request, exc: GatewayError) -> JSONResponse:
-        return JSONResponse({"error": {"code": exc.code, "message": exc.message}}, status_code=status_of(exc.code),
+        return JSONResponse({"error": {"code": exc.code, "message": exc.message, **exc.extra}},
+                            status_code=status_of(exc.code),
                             headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)

@@ -55,7 +55,7 @@ def served(tmp_path_factory, model_cache):
         shutil.copytree(SAMPLES_DIR / name, photos / name)
     settings = Settings.from_env({}, clip_model="imgsearch-fmnist-lit-minilm",
                                  data_dir=root / "data", model_cache_dir=str(model_cache),
-                                 gateway_port=free_port(), query_max_wait_ms=50)
+                                 gateway_port=free_port(), query_max_wait_ms=50, max_image_bytes=20_000)
     first = cli(settings, "ingest", str(photos), "--no-progress")
     assert first.returncode == 0, first.stderr
     log = root / "serve.log"
@@ -132,6 +132,82 @@ def test_a_job_source_outside_the_allow_list_is_refused(served):
     reply = httpx.post(base + "/v1/jobs", json={"source": "s3://not-allowed/x/"}, timeout=60)
     assert reply.status_code == 400 and reply.json()["error"]["code"] == "bad_request"
     assert "IMGSEARCH_QUERY_URI_BUCKETS" in reply.json()["error"]["message"]
+
+
+def noise_png(side: int) -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(side).integers(0, 255, (side, side, 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, "PNG")
+    return out.getvalue()
+
+
+def test_an_uploaded_image_is_searchable_when_the_answer_comes_and_can_be_inspected_and_deleted(served):
+    from query.gateway_client import GatewayClient
+
+    base, settings, _proc, root = served
+    client = GatewayClient(base)
+    before = httpx.get(base + "/v1/stats", timeout=60).json()["count"]
+    original = sorted((SAMPLES_DIR / "bag").glob("*.png"))[3]
+    added = client.index_image(original.read_bytes(), name="my bag.png")
+    assert added["searchable"] is True and added["status"] == "indexed"
+    assert added["uri"].startswith((settings.data_dir / "uploads").resolve().as_uri()) and added["uri"].endswith(
+        "/my_bag.png")
+    assert httpx.get(base + "/v1/stats", timeout=60).json()["count"] == before + 1
+    hits = client.search(image=original.read_bytes(), k=2, channels=["phash"])["hits"]
+    assert added["id"] in {str(h["id"]) for h in hits}  # searchable as soon as the answer came
+
+    detail = client.image(added["id"])
+    assert detail["image"]["uri"] == added["uri"] and detail["image"]["mime"] == "image/png"
+    assert (detail["image"]["width"], detail["image"]["height"]) == (28, 28)
+    assert any(t["text"] == "bag" for t in detail["tags"])  # the caption stage ran (CLIP tags)
+    indexed_copy = (root / "photos" / "bag" / original.name).as_uri()
+    assert indexed_copy in {n["uri"] for n in detail["near_duplicates"]}  # the same picture, distance 0
+    assert all(n["distance"] <= settings.duplicate_threshold for n in detail["near_duplicates"])
+
+    again = client.index_image(original.read_bytes(), name="my bag.png")  # same bytes: same object, same id
+    assert again["id"] == added["id"] and again["status"] == "unchanged"
+
+    assert client.delete_image(added["id"])["deleted"] is True
+    assert httpx.get(base + "/v1/stats", timeout=60).json()["count"] == before
+    gone = httpx.get(f"{base}/v1/images/{added['id']}", timeout=60)
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "not_found"
+    assert httpx.delete(f"{base}/v1/images/{added['id']}", timeout=60).status_code == 404
+    assert not list((settings.data_dir / "uploads").rglob("*.png"))  # the stored bytes went with it
+
+
+def test_bad_uploads_get_ingest_reasons_and_nothing_is_stored(served):
+    from query.gateway_client import GatewayClient, GatewayError
+
+    base, settings, _proc, _root = served
+    client = GatewayClient(base)
+    cases = [(b"just some text, not a picture", 422, "unprocessable", "unsupported_type"),
+             (noise_png(50)[:3000], 422, "unprocessable", "truncated"),
+             (noise_png(120), 413, "too_large", "too_large"),  # over IMGSEARCH_MAX_IMAGE_BYTES (20 000)
+             (b"", 422, "unprocessable", "empty")]
+    for data, status, code, reason in cases:
+        with pytest.raises(GatewayError) as caught:
+            client.index_image(data)
+        assert (caught.value.status, caught.value.code, caught.value.reason) == (status, code, reason), data[:20]
+    with pytest.raises(GatewayError) as caught:
+        client.index_uri("s3://not-allowed/cat.jpg")
+    assert caught.value.code == "bad_request" and "IMGSEARCH_QUERY_URI_BUCKETS" in caught.value.message
+    form = httpx.post(base + "/v1/images", files={"file": ("x.txt", b"hello")}, data={"colour": "red"}, timeout=60)
+    assert form.status_code == 400 and "unknown form fields" in form.json()["error"]["message"]
+    uploads = settings.data_dir / "uploads"
+    assert not uploads.exists() or not any(p.is_file() for p in uploads.rglob("*"))
+
+
+def test_a_multipart_upload_indexes_too(served):
+    base, _settings, _proc, _root = served
+    png = sorted((SAMPLES_DIR / "sneaker").glob("*.png"))[5].read_bytes()
+    reply = httpx.post(base + "/v1/images", files={"file": ("shoe.png", png, "image/png")}, timeout=120)
+    assert reply.status_code == 201 and reply.json()["searchable"] is True, reply.text
+    assert httpx.delete(f"{base}/v1/images/{reply.json()['id']}", timeout=60).json()["deleted"] is True
 
 
 def test_zz_after_the_server_stops_the_data_dir_is_whole(served):
