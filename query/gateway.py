@@ -310,6 +310,7 @@ def create_app(settings: Settings, indexer=None) -> FastAPI:
         from query import indexing
 
         app.state.job_store = indexer
+        app.state.indexing = True
         indexing.install(app, settings, indexer, require_key, GatewayError)
     app.state.client_of = lambda: state["client"]
     return app
