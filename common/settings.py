@@ -105,6 +105,9 @@ class Settings:
     gateway_port: int = field(default=8080, metadata={"help": "Port `imgsearch serve` listens on."})
     gateway_api_key: str = field(default="", metadata=_secret(
         "API key the gateway requires in the X-API-Key header. Empty: no auth."))
+    gateway_index_key: str = field(default="", metadata=_secret(
+        "Key the indexing calls (POST/DELETE /v1/images, POST /v1/jobs) need in X-API-Key; it searches too. "
+        "Empty: IMGSEARCH_GATEWAY_API_KEY does both."))
     upload_uri: str = field(default="", metadata={
         "help": "Where POST /v1/images stores uploaded image bytes: s3://bucket/prefix/. Empty: "
                 "<data dir>/uploads/ when embedded; a distributed gateway then refuses uploads."})

@@ -43,8 +43,9 @@ def call(url: str, settings, method: str = "GET", body: dict | None = None, time
     """One JSON call to the serving gateway; its typed error -> an error line."""
     data = json.dumps(body).encode() if body is not None else None
     headers = {"Content-Type": "application/json"}
-    if settings.gateway_api_key:
-        headers["X-API-Key"] = settings.gateway_api_key
+    key = settings.gateway_index_key or settings.gateway_api_key  # the index key searches too
+    if key:
+        headers["X-API-Key"] = key
     request = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310 (our own server's URL)

@@ -176,7 +176,8 @@ def create_app(settings: Settings, indexer=None) -> FastAPI:
         """The guard checked the key before the body was read; this documents it in OpenAPI
         and checks again (a route mounted outside /v1/ by mistake stays closed)."""
         expected = settings.gateway_api_key
-        if expected and not (key and secrets.compare_digest(key.encode(), expected.encode())):
+        keys = [k for k in (expected, settings.gateway_index_key) if k]  # the index key searches too
+        if expected and not (key and any(secrets.compare_digest(key.encode(), k.encode()) for k in keys)):
             raise GatewayError(UNAUTHORIZED, "missing or wrong X-API-Key")
 
     @app.exception_handler(GatewayError)

@@ -84,13 +84,28 @@ def _status_of_reason(reason: str) -> str:
 
 
 def install(app: FastAPI, settings: Settings, indexer, require_key, error) -> None:
+    import secrets
+
+    from fastapi.security import APIKeyHeader
+
     keyed = [Depends(require_key)]
+    key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
+                              description="IMGSEARCH_GATEWAY_INDEX_KEY, or the API key when there is none")
+
+    async def require_index_key(key: str | None = Depends(key_header)) -> None:
+        """Writes need the index key when one is set (the API key alone then only searches)."""
+        expected = settings.gateway_index_key or settings.gateway_api_key
+        if expected and not (key and secrets.compare_digest(key.encode(), expected.encode())):
+            raise error("unauthorized", "indexing needs IMGSEARCH_GATEWAY_INDEX_KEY in X-API-Key"
+                        if settings.gateway_index_key else "missing or wrong X-API-Key")
+
+    writes = [Depends(require_index_key)]
     app.state.body_limits["/v1/images"] = 4 * (settings.max_image_bytes // 3 + 1) + settings.gateway_max_body_bytes
 
     def image_error(exc: ImageError):
         return error(_status_of_reason(exc.reason), f"{exc.reason}: {exc.message}", extra={"reason": exc.reason})
 
-    @app.post("/v1/images", dependencies=keyed, responses={201: {}, 202: {}})
+    @app.post("/v1/images", dependencies=writes, responses={201: {}, 202: {}})
     async def add_image(request: Request) -> JSONResponse:
         """Index one image: uploaded bytes (multipart ``file`` or JSON ``image_base64``) or an
         ``s3://`` object of an allowed bucket; the answer says when it is searchable."""
@@ -118,7 +133,7 @@ def install(app: FastAPI, settings: Settings, indexer, require_key, error) -> No
             raise error("not_found", f"no indexed image with id {image_id}")
         return found
 
-    @app.delete("/v1/images/{image_id}", dependencies=keyed)
+    @app.delete("/v1/images/{image_id}", dependencies=writes)
     async def delete_image(image_id: int = PathParam(ge=1, le=MAX_IMAGE_ID)) -> dict:
         """Remove an indexed image and its text rows (and the bytes of an upload)."""
         done = await asyncio.to_thread(indexer.delete, image_id)
@@ -126,7 +141,7 @@ def install(app: FastAPI, settings: Settings, indexer, require_key, error) -> No
             raise error("not_found", f"no indexed image with id {image_id}")
         return done
 
-    @app.post("/v1/jobs", dependencies=keyed, status_code=202)
+    @app.post("/v1/jobs", dependencies=writes, status_code=202)
     async def start_job(body: JobBody, request: Request) -> dict:
         """Start an ingest or a re-index of a source; follow it with GET /v1/jobs/{id}."""
         from common.errors import QueryError

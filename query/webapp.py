@@ -104,7 +104,8 @@ def install(app: FastAPI, settings: Settings, client_of: Callable[[], AsyncSearc
                 "must": "must" in REQUEST_KEYS,  # "image text must hold these words" (fused search)
                 "thumb_max_size": settings.thumb_max_size, "graph_max_nodes": MAX_GRAPH_NODES,
                 "api_key_required": bool(settings.gateway_api_key),
-                "indexing": bool(getattr(app.state, "indexing", False))}  # /v1/images: detail panel, upload
+                "indexing": bool(getattr(app.state, "indexing", False)),  # /v1/images: detail panel, upload
+                "index_key_required": bool(settings.gateway_index_key)}
 
     @app.get("/v1/stats", dependencies=keyed)
     async def stats() -> dict:

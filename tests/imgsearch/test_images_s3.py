@@ -69,3 +69,25 @@ def test_the_indexing_endpoints_need_the_key(http):
         kwargs = {"json": body} if body is not None else {}
         reply = getattr(http, method)(path, headers={"X-API-Key": "wrong"}, **kwargs)
         assert reply.status_code == 401 and reply.json()["error"]["code"] == "unauthorized", (method, path)
+
+
+def test_with_an_index_key_the_api_key_only_searches(s3_settings, milvus_server, tmp_path):
+    settings = s3_settings(milvus_uri=milvus_server.uri, collection=f"ik{tmp_path.name[-6:].replace('-', '')}x",
+                           gateway_api_key=KEY, gateway_index_key="write-key-2")
+    indexer = EmbeddedJobs(settings)
+    with TestClient(create_app(settings, indexer), base_url="http://127.0.0.1") as http:
+        body = {"image_base64": base64.b64encode(png()).decode()}
+        refused = http.post("/v1/images", json=body, headers={"X-API-Key": KEY})
+        assert refused.status_code == 401 and "IMGSEARCH_GATEWAY_INDEX_KEY" in refused.json()["error"]["message"]
+        assert http.get("/v1/capabilities").json()["index_key_required"] is True
+        added = http.post("/v1/images", json=body, headers={"X-API-Key": "write-key-2"})
+        assert added.status_code == 201, added.text
+        for key in (KEY, "write-key-2"):  # both search
+            hits = http.post("/v1/search", json={"like": int(added.json()["id"]), "k": 1, "channels": ["clip"]},
+                             headers={"X-API-Key": key})
+            assert hits.status_code == 200, hits.text
+            assert http.get(f"/v1/images/{added.json()['id']}", headers={"X-API-Key": key}).status_code == 200
+        assert http.delete(f"/v1/images/{added.json()['id']}", headers={"X-API-Key": KEY}).status_code == 401
+        assert http.delete(f"/v1/images/{added.json()['id']}", headers={"X-API-Key": "write-key-2"}).status_code == 200
+        assert http.post("/v1/jobs", json={"source": "s3://x/"}, headers={"X-API-Key": "nope"}).status_code == 401
+    indexer.close()
