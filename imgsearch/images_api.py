@@ -48,9 +48,31 @@ def _safe_name(name: str | None, mime: str) -> str:
     return stem + EXT.get(mime, ".img")
 
 
+def dead_letter_upload(name: str | None, exc: ImageError, settings: Settings) -> None:
+    """A refused upload's dead letter, beside ingest's own (embedded: the data dir's file)."""
+    import json
+    import time
+
+    from ingest.runner import dead_letter_path
+
+    path = dead_letter_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "source": "upload",
+             "uri": f"upload:{(name or 'upload')[:255]}", "reason": exc.reason, "message": exc.message}
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(entry) + "\n")
+
+
 def store_upload(data: bytes, name: str | None, settings: Settings) -> str:
-    """Keep checked bytes where ingest reads them; returns their URI (file:// or s3://)."""
-    mime = check_image(data, settings)
+    """Keep checked bytes where ingest reads them; returns their URI (file:// or s3://).
+    A refused upload is dead-lettered when embedded (a distributed gateway answers the
+    caller with the reason; it has no job to record it in)."""
+    try:
+        mime = check_image(data, settings)
+    except ImageError as exc:
+        if settings.embedded:
+            dead_letter_upload(name, exc, settings)
+        raise
     digest = hashlib.sha256(data).hexdigest()[:32]
     filename = _safe_name(name, mime)
     if settings.upload_uri:

@@ -198,6 +198,9 @@ def test_bad_uploads_get_ingest_reasons_and_nothing_is_stored(served):
     assert caught.value.code == "bad_request" and "IMGSEARCH_QUERY_URI_BUCKETS" in caught.value.message
     form = httpx.post(base + "/v1/images", files={"file": ("x.txt", b"hello")}, data={"colour": "red"}, timeout=60)
     assert form.status_code == 400 and "unknown form fields" in form.json()["error"]["message"]
+    letters = [json.loads(line) for line in (settings.data_dir / "dead-letters" / "images.jsonl").open()]
+    uploads_refused = [d["reason"] for d in letters if d["source"] == "upload"]
+    assert uploads_refused[-4:] == [reason for *_, reason in cases]  # dead letters, as an ingest's
     uploads = settings.data_dir / "uploads"
     assert not uploads.exists() or not any(p.is_file() for p in uploads.rglob("*"))
 
