@@ -5,7 +5,7 @@ venv:
 	@bash scripts/bootstrap.sh
 
 demo: venv
-	HF_HUB_OFFLINE=1 .venv/bin/imgsearch demo
+	HF_HUB_OFFLINE=1 IMGSEARCH_CLIP_MODEL=imgsearch-fmnist-lit-minilm .venv/bin/imgsearch demo
 
 test: venv
 	.venv/bin/ruff check .

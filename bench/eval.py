@@ -148,7 +148,7 @@ def main() -> int:
     parser.add_argument("--skip-hashes", action="store_true", help="leave out part 1")
     parser.add_argument("--record", action="store_true", help="append the rows to bench/RESULTS.md")
     args = parser.parse_args()
-    settings = Settings.from_env()
+    settings = Settings.from_env(clip_model=os.environ.get("IMGSEARCH_CLIP_MODEL", "imgsearch-fmnist-lit-minilm"))
     where = machine()
     if not args.skip_hashes:
         for cells in hash_study(settings.duplicate_threshold):

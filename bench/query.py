@@ -210,7 +210,8 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="imgsearch-qbench-") as tmp, RedisServer() as rs, \
             MilvusLiteServer() as ms:
-        settings = Settings.from_env({}, data_dir=Path(tmp), clip_pretrained=args.pretrained, milvus_uri=ms.uri,
+        settings = Settings.from_env({}, clip_model="imgsearch-fmnist-lit-minilm",
+                                     data_dir=Path(tmp), clip_pretrained=args.pretrained, milvus_uri=ms.uri,
                                      redis_url=rs.url, collection="bench", query_timeout_ms=60_000)
         build_collection(settings, args.vectors)
         service = SearchService(settings)

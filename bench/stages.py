@@ -271,7 +271,8 @@ def main() -> int:
             (folder / f"t{i:05d}.jpg").write_bytes(text_jpeg(i, size))
         (Path(tmp) / "warm").mkdir()
         (Path(tmp) / "warm" / "w.jpg").write_bytes(text_jpeg(99999, size))
-        settings = Settings.from_env({}, data_dir=Path(tmp) / "data", ocr_enabled=False, caption_backend="off")
+        settings = Settings.from_env({}, clip_model="imgsearch-fmnist-lit-minilm",
+                                     data_dir=Path(tmp) / "data", ocr_enabled=False, caption_backend="off")
         run_ingest(str(Path(tmp) / "warm"), settings.with_overrides(collection="warm"), progress=False)
         start = time.perf_counter()
         summary = run_ingest(str(folder), settings, progress=False)

@@ -54,7 +54,7 @@ def time_map(n: int, dim: int) -> float:
 
 
 def time_thumbs(count: int) -> tuple[float, float]:
-    settings = Settings.from_env({})
+    settings = Settings.from_env({}, clip_model="imgsearch-fmnist-lit-minilm")
     cache = ThumbnailCache(64 * 1024 * 1024)
     with tempfile.TemporaryDirectory() as tmp:
         rows = []

@@ -61,11 +61,12 @@ class Settings:
     s3_access_key: str = field(default="", metadata=_secret(
         "S3 access key. Empty: boto3's usual chain (AWS_* env, ~/.aws)."))
     s3_secret_key: str = field(default="", metadata=_secret("S3 secret key."))
-    clip_model: str = field(default="imgsearch-fmnist-lit-minilm", metadata={
-        "help": "open_clip model name (ViT-B-32, ...); default is the bundled test/demo model."})
+    clip_model: str = field(default="ViT-B-32", metadata={
+        "help": "open_clip model name (ViT-B-32, ViT-L-14, ...; `imgsearch models` lists known ones). "
+                "imgsearch-fmnist-lit-minilm is the bundled demo/test model (clothing only)."})
     clip_pretrained: str = field(default="", metadata={
-        "help": "Pretrained tag (laion2b_s34b_b79k), checkpoint path or s3:// URI. "
-                "Empty: the bundled weights of the default model."})
+        "help": "Pretrained tag (laion2b_s34b_b79k), checkpoint path or s3:// URI. Empty: the model's "
+                "default weights (ViT-B-32: laion2b_s34b_b79k, fetched once into the model cache when online)."})
     device: str = field(default="auto", metadata={
         "help": "auto (cuda if available, else cpu), cpu, cuda, cuda:1, mps."})
     batch_size: int = field(default=64, metadata={"help": "Images per encoder forward pass."})
@@ -104,6 +105,12 @@ class Settings:
     gateway_port: int = field(default=8080, metadata={"help": "Port `imgsearch serve` listens on."})
     gateway_api_key: str = field(default="", metadata=_secret(
         "API key the gateway requires in the X-API-Key header. Empty: no auth."))
+    gateway_index_key: str = field(default="", metadata=_secret(
+        "Key the indexing calls (POST/DELETE /v1/images, POST /v1/jobs) need in X-API-Key; it searches too. "
+        "Empty: IMGSEARCH_GATEWAY_API_KEY does both."))
+    upload_uri: str = field(default="", metadata={
+        "help": "Where POST /v1/images stores uploaded image bytes: s3://bucket/prefix/. Empty: "
+                "<data dir>/uploads/ when embedded; a distributed gateway then refuses uploads."})
     # -- query side under attack (issue 12): what callers may name, bounded cost ------------
     query_uri_buckets: str = field(default="", metadata={
         "help": "Comma-separated S3 buckets a query's image_uri may name (workers fetch them with "

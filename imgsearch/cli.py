@@ -81,12 +81,20 @@ def build_parser() -> argparse.ArgumentParser:
     cli_distributed.add_parsers(sub)
     cli_reindex.add_parsers(sub)
     cli_eval.add_parsers(sub)
+    from imgsearch import cli_models
+
+    cli_models.add_parsers(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; never a traceback, whatever the arguments (exit codes above)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing downloads weights at run time
+    from common.models import catalog
+
+    # Hugging Face libraries never download at run time; the CLIP catalog may fetch the default
+    # model's weights once into the model cache, unless the user set HF_HUB_OFFLINE=1 too.
+    catalog.FETCH_ALLOWED = os.environ.get("HF_HUB_OFFLINE", "").lower() not in ("1", "true", "yes", "on")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     for stream in (sys.stdout, sys.stderr):  # argv may hold undecodable bytes (lone surrogates)
         try:
             stream.reconfigure(errors="backslashreplace")
@@ -104,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "batch_size", None) is not None:
             settings = settings.with_overrides(batch_size=args.batch_size)
         setup_logging(settings.log_level)
-        return COMMANDS[args.command](args, settings)
+        from imgsearch.cli_embedded import run_command  # one process per embedded data dir
+
+        return run_command(args.command, COMMANDS[args.command], args, settings)
     except ImgsearchError as exc:
         print(f"imgsearch: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
@@ -185,3 +195,12 @@ COMMANDS = {"ingest": cmd_ingest, "search": cmd_search, "demo": cmd_demo, "confi
 COMMANDS.update(cli_query.COMMANDS)
 COMMANDS.update(cli_reindex.COMMANDS)
 COMMANDS.update(cli_eval.COMMANDS)
+
+
+def cmd_models(args, settings) -> int:
+    from imgsearch.cli_models import cmd_models as run
+
+    return run(args, settings)
+
+
+COMMANDS["models"] = cmd_models

@@ -21,11 +21,13 @@ def add_parsers(sub) -> None:
     w.add_argument("--max-batch", type=int, help="override IMGSEARCH_QUERY_MAX_BATCH")
     w.add_argument("--max-wait-ms", type=int, help="override IMGSEARCH_QUERY_MAX_WAIT_MS")
 
-    g = sub.add_parser("serve", help="HTTP gateway (FastAPI) in front of the query workers",
+    g = sub.add_parser("serve", help="HTTP gateway and web page (FastAPI): embedded, or in front of the query workers",
                        description="Serves the web page at / (search, more like this, results graph, "
                        "collection map, ingest jobs), /v1/search (JSON or multipart image upload), /healthz, /readyz, "
-                       "/metrics and the OpenAPI schema at /docs. Needs IMGSEARCH_REDIS_URL and running "
-                       "query workers. IMGSEARCH_GATEWAY_API_KEY, when set, is required in X-API-Key.")
+                       "/metrics and the OpenAPI schema at /docs. With IMGSEARCH_REDIS_URL it sits on running query "
+                       "workers; without it (embedded) it answers in this process from the data dir, and "
+                       "`imgsearch search`/`ingest` on that data dir go through it. "
+                       "IMGSEARCH_GATEWAY_API_KEY, when set, is required in X-API-Key.")
     g.add_argument("--host", help="override IMGSEARCH_GATEWAY_HOST")
     g.add_argument("--port", type=int, help="override IMGSEARCH_GATEWAY_PORT")
 
@@ -189,19 +191,28 @@ def cmd_query_worker(args, settings) -> int:
 def cmd_serve(args, settings) -> int:
     import uvicorn
 
-    from common.errors import ConfigError
     from query.gateway import create_app
 
-    if not settings.redis_url:
-        raise ConfigError("serve needs IMGSEARCH_REDIS_URL")
     settings = settings.with_overrides(gateway_host=args.host, gateway_port=args.port)
-    print(f"gateway on http://{settings.gateway_host}:{settings.gateway_port}", file=sys.stderr, flush=True)
+    url = f"http://{settings.gateway_host}:{settings.gateway_port}"
+    if settings.embedded and getattr(args, "holding", None) is not None:  # others go through this server
+        local = "127.0.0.1" if settings.gateway_host in ("0.0.0.0", "::", "") else settings.gateway_host
+        args.holding.update(url=f"http://{local}:{settings.gateway_port}")
+    mode = "embedded: searches answered in this process" if settings.embedded else "query workers via Redis"
+    print(f"gateway on {url} ({mode})", file=sys.stderr, flush=True)
     if not settings.gateway_api_key and settings.gateway_host not in ("127.0.0.1", "localhost", "::1"):
         print(f"imgsearch: warning: no IMGSEARCH_GATEWAY_API_KEY and bound to {settings.gateway_host}: anyone who "
               "reaches this address can search (Host header must be in IMGSEARCH_GATEWAY_TRUSTED_HOSTS)",
               file=sys.stderr, flush=True)
-    uvicorn.run(create_app(settings), host=settings.gateway_host, port=settings.gateway_port,
-                log_level=settings.log_level.lower())
+    from imgsearch.indexer import jobs_for
+
+    holder: dict = {}
+    indexer = jobs_for(settings, on_change=lambda: holder["app"].state.client_of().refresh())
+    app = holder["app"] = create_app(settings, indexer)
+    try:
+        uvicorn.run(app, host=settings.gateway_host, port=settings.gateway_port, log_level=settings.log_level.lower())
+    finally:
+        indexer.close()
     return 0
 
 

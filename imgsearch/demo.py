@@ -37,6 +37,10 @@ def run_demo(settings: Settings, as_json: bool = False, progress: bool = True) -
 
     if not SAMPLES_DIR.is_dir():
         raise FileNotFoundError(f"bundled samples missing: {SAMPLES_DIR}")
+    from common.models.reference import REFERENCE_MODEL
+
+    # The demo proves search offline: always the bundled reference model, whatever the default.
+    settings = settings.with_overrides(clip_model=REFERENCE_MODEL, clip_pretrained="")
     summary = run_ingest(str(SAMPLES_DIR), settings, progress=progress)
     service = SearchService(settings)
     report = {"ingest": summary.to_dict(), "queries": []}

@@ -1,7 +1,9 @@
 """HTTP gateway: FastAPI on top of :class:`query.client.AsyncSearchClient`.
 
 The gateway holds no model and no Milvus connection; it turns HTTP into queue requests,
-so it is cheap to scale and never competes with workers for the encoder. It reads no file
+so it is cheap to scale and never competes with workers for the encoder. In embedded mode
+(no ``IMGSEARCH_REDIS_URL``) it sits on :class:`query.local.LocalSearchClient` instead: the
+same batching and replies from a search service in this process. It reads no file
 and fetches no URI a caller names: query images arrive as bytes (base64 or an upload) or
 as an ``s3://`` URI that a worker fetches from an allowed bucket. Endpoints:
 
@@ -108,9 +110,10 @@ class ErrorBody(BaseModel):
 
 
 class GatewayError(Exception):
-    def __init__(self, code: str, message: str, headers: dict[str, str] | None = None):
+    def __init__(self, code: str, message: str, headers: dict[str, str] | None = None, extra: dict | None = None):
         super().__init__(message)
         self.code, self.message, self.headers = code, message, headers or {}
+        self.extra = extra or {}  # more fields of the error body (an image's ingest ``reason``)
 
 
 def error_of(exc: SearchError) -> GatewayError:
@@ -138,14 +141,24 @@ class Metrics:
                            registry=self.registry)
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """The gateway app for ``settings`` (Redis URL, API key, body and image limits)."""
+def create_app(settings: Settings, indexer=None) -> FastAPI:
+    """The gateway app for ``settings`` (Redis URL, API key, body and image limits).
+
+    ``indexer`` (from the command line: :mod:`imgsearch.indexer`) adds the indexing
+    endpoints (:mod:`query.indexing`); without it the gateway only searches."""
     metrics = Metrics()
     state: dict[str, AsyncSearchClient] = {}
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
-        state["client"] = AsyncSearchClient(settings=settings)
+        if settings.embedded:  # no Redis: the search service runs in this process (query.local)
+            from query.local import LocalSearchClient
+
+            client = LocalSearchClient(settings)
+            client.start()
+            state["client"] = client  # type: ignore[assignment]
+        else:
+            state["client"] = AsyncSearchClient(settings=settings)
         yield
         await state["client"].close()
 
@@ -163,12 +176,14 @@ def create_app(settings: Settings) -> FastAPI:
         """The guard checked the key before the body was read; this documents it in OpenAPI
         and checks again (a route mounted outside /v1/ by mistake stays closed)."""
         expected = settings.gateway_api_key
-        if expected and not (key and secrets.compare_digest(key.encode(), expected.encode())):
+        keys = [k for k in (expected, settings.gateway_index_key) if k]  # the index key searches too
+        if expected and not (key and any(secrets.compare_digest(key.encode(), k.encode()) for k in keys)):
             raise GatewayError(UNAUTHORIZED, "missing or wrong X-API-Key")
 
     @app.exception_handler(GatewayError)
     async def _gateway_error(_request: Request, exc: GatewayError) -> JSONResponse:
-        return JSONResponse({"error": {"code": exc.code, "message": exc.message}}, status_code=status_of(exc.code),
+        return JSONResponse({"error": {"code": exc.code, "message": exc.message, **exc.extra}},
+                            status_code=status_of(exc.code),
                             headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
@@ -267,14 +282,16 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/readyz", responses={503: {"model": dict[str, ErrorBody]}})
     async def readyz() -> dict:
-        """Readiness: Redis answers and at least one warm query worker has a fresh heartbeat."""
+        """Readiness: Redis answers and at least one warm query worker has a fresh heartbeat
+        (embedded: the in-process search service is warm)."""
         try:
             workers = await state["client"].ready_workers()
         except Exception as exc:
             raise GatewayError(NOT_READY, f"redis unavailable: {type(exc).__name__}") from None
         metrics.ready.set(len(workers))
         if not workers:
-            raise GatewayError(NOT_READY, "no warm query worker has sent a heartbeat recently")
+            raise GatewayError(NOT_READY, "the embedded search service is still warming up" if settings.embedded
+                               else "no warm query worker has sent a heartbeat recently")
         return {"status": "ready", "workers": workers}
 
     @app.get("/metrics")
@@ -290,6 +307,13 @@ def create_app(settings: Settings) -> FastAPI:
     from query import webapp
 
     webapp.install(app, settings, lambda: state["client"], require_key, GatewayError, error_of)
+    if indexer is not None:
+        from query import indexing
+
+        app.state.job_store = indexer
+        app.state.indexing = True
+        indexing.install(app, settings, indexer, require_key, GatewayError)
+    app.state.client_of = lambda: state["client"]
     return app
 
 

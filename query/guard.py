@@ -51,6 +51,8 @@ class Guard:
     def __init__(self, app, settings: Settings, limits: MutableMapping[str, int] | None = None):
         self.app = app
         self.key = settings.gateway_api_key.encode() if settings.gateway_api_key else None
+        # the index key (IMGSEARCH_GATEWAY_INDEX_KEY) opens every /v1/ path the API key opens
+        self.other_keys = [settings.gateway_index_key.encode()] if settings.gateway_index_key else []
         self.hosts = settings.trusted_hosts()
         self.default_limit = settings.gateway_max_body_bytes
         # path -> body bytes allowed (default gateway_max_body_bytes); shared with the app
@@ -97,7 +99,8 @@ class Guard:
                                      "IMGSEARCH_GATEWAY_TRUSTED_HOSTS (DNS-rebinding guard)")
         if self.needs_key(path):
             given = headers.get(b"x-api-key")
-            if not (given and secrets.compare_digest(given, self.key)):  # type: ignore[arg-type]
+            if not (given and any(secrets.compare_digest(given, k)  # type: ignore[arg-type]
+                                  for k in (self.key, *self.other_keys))):
                 return UNAUTHORIZED, "missing or wrong X-API-Key"
         return None
 

@@ -103,7 +103,9 @@ def install(app: FastAPI, settings: Settings, client_of: Callable[[], AsyncSearc
                 "filter_fields": {name: list(STRING_OPS if kind is str else INT_OPS) for name, kind in FIELDS.items()},
                 "must": "must" in REQUEST_KEYS,  # "image text must hold these words" (fused search)
                 "thumb_max_size": settings.thumb_max_size, "graph_max_nodes": MAX_GRAPH_NODES,
-                "api_key_required": bool(settings.gateway_api_key)}
+                "api_key_required": bool(settings.gateway_api_key),
+                "indexing": bool(getattr(app.state, "indexing", False)),  # /v1/images: detail panel, upload
+                "index_key_required": bool(settings.gateway_index_key)}
 
     @app.get("/v1/stats", dependencies=keyed)
     async def stats() -> dict:
@@ -160,9 +162,14 @@ def install(app: FastAPI, settings: Settings, client_of: Callable[[], AsyncSearc
 
     def job_store():
         if not jobs_store:
-            from common.jobs import JobStore
+            if getattr(app.state, "job_store", None) is not None:  # embedded serve: jobs of this process
+                jobs_store.append(app.state.job_store)
+            elif settings.redis_url:
+                from common.jobs import JobStore
 
-            jobs_store.append(JobStore.from_url(settings.redis_url))
+                jobs_store.append(JobStore.from_url(settings.redis_url))
+            else:
+                jobs_store.append(NoJobs())
         return jobs_store[0]
 
     @app.get("/v1/jobs", dependencies=keyed)
@@ -181,6 +188,18 @@ def install(app: FastAPI, settings: Settings, client_of: Callable[[], AsyncSearc
         except JobNotFoundError as exc:
             raise error("not_found", str(exc)) from None
         return {"job": job_id, "dead_letters": entries}
+
+
+class NoJobs:
+    """The job store of an embedded gateway that runs no ingest: no jobs."""
+
+    def list(self, limit: int) -> list:
+        return []
+
+    def dead_letters(self, job_id: str) -> list[dict]:
+        from common.jobs import JobNotFoundError
+
+        raise JobNotFoundError(f"no job {job_id!r} (embedded serve keeps no job history)")
 
 
 def _etag(row: dict, size: int) -> str:

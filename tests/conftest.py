@@ -12,9 +12,13 @@ from pathlib import Path
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The tests choose the bundled reference model explicitly (the product default, ViT-B-32,
+# needs weights fetched once online): here for CLI subprocesses, in each fixture for Settings.
+os.environ["IMGSEARCH_CLIP_MODEL"] = "imgsearch-fmnist-lit-minilm"
 
 import pytest  # noqa: E402
 
+from common.models.reference import REFERENCE_MODEL  # noqa: E402
 from common.settings import Settings  # noqa: E402
 from common.store import close_clients  # noqa: E402
 from imgsearch.demo import SAMPLES_DIR  # noqa: E402
@@ -34,7 +38,7 @@ def make_settings(tmp_path, model_cache):
     """Settings with a fresh data dir per test (and the shared model cache)."""
 
     def make(**overrides) -> Settings:
-        base = {"data_dir": tmp_path / "data", "model_cache_dir": str(model_cache)}
+        base = {"data_dir": tmp_path / "data", "model_cache_dir": str(model_cache), "clip_model": REFERENCE_MODEL}
         base.update(overrides)
         return Settings.from_env({}, **base)
 
@@ -53,7 +57,7 @@ def indexed_samples(tmp_path_factory, model_cache, samples_dir):
     """The 200 bundled samples ingested once into a session collection: (settings, summary)."""
     from ingest.runner import run_ingest
 
-    settings = Settings.from_env({}, data_dir=tmp_path_factory.mktemp("indexed"),
+    settings = Settings.from_env({}, data_dir=tmp_path_factory.mktemp("indexed"), clip_model=REFERENCE_MODEL,
                                  model_cache_dir=str(model_cache), batch_size=64)
     summary = run_ingest(str(samples_dir), settings, progress=False)
     return settings, summary

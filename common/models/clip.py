@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from common.errors import ConfigError
-from common.models import reference
+from common.models import catalog, reference
 from common.models.base import MODELS, InferenceModel, ModelIdentity
 from common.settings import Settings
 
@@ -77,6 +77,10 @@ def resolve_weights(model_name: str, pretrained: str, settings: Settings) -> tup
         return str(path), reference.REFERENCE_TAG, reference.weights_digest()
     if model_name.startswith(("hf-hub:", "local-dir:")):
         return None, model_name, model_name
+    pretrained = pretrained or catalog.default_pretrained(model_name)
+    cached = catalog.checkpoint_for(model_name, pretrained, settings.cache_dir)  # known tag: the cache
+    if cached is not None:
+        return str(cached), pretrained, pretrained
     if not pretrained:
         raise ConfigError(
             f"IMGSEARCH_CLIP_PRETRAINED is empty for model {model_name!r}: give a pretrained tag "
@@ -138,9 +142,15 @@ class ClipModel(InferenceModel):
         ckpt, label, digest = resolve_weights(model_name, pretrained, settings)
         device = resolve_device(settings.device)
         torch.manual_seed(0)  # random-init benchmarks get the same weights every run
+        extra = {}
+        if catalog.known_for(model_name, label) is not None:  # a cached file: the tag's own preprocessing
+            cfg = open_clip.get_pretrained_cfg(model_name, label)
+            extra = {k: cfg[c] for k, c in (("image_mean", "mean"), ("image_std", "std"),
+                                             ("image_interpolation", "interpolation"),
+                                             ("image_resize_mode", "resize_mode")) if cfg.get(c)}
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(
-                model_name, pretrained=ckpt, device=device, pretrained_text=False)
+                model_name, pretrained=ckpt, device=device, pretrained_text=False, **extra)
         except RuntimeError as exc:
             raise ConfigError(f"cannot load CLIP model {model_name!r} with weights {label!r}: {exc}. "
                               "Offline machines need a local checkpoint path or s3:// URI.") from exc
@@ -211,6 +221,7 @@ def clip_identity(model_name: str, pretrained: str, settings: Settings) -> Model
     """The identity of a CLIP model: name, weights as named ("" = the reference model's tag), device."""
     if reference.is_reference(model_name, pretrained):
         pretrained = reference.REFERENCE_TAG  # "" and the tag name the same weights
+    pretrained = pretrained or catalog.default_pretrained(model_name)  # "" = the model's default weights
     return ModelIdentity("clip", model_name, pretrained, settings.device)
 
 

@@ -8,7 +8,7 @@ const PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf
   "#7f7f7f", "#bcbd22", "#393b79", "#637939"];
 const state = {
   caps: null, apiKey: sessionStorage.getItem("imgsearch-key") || "", hits: [], query: null, queryLabel: "",
-  map: null, graph: null, graphFor: null, jobsTimer: null, detail: null, keyPrompt: null,
+  map: null, graph: null, graphFor: null, jobsTimer: null, detail: null, keyPrompt: null, lastResult: null,
 };
 const $ = (sel, root = document) => root.querySelector(sel);
 
@@ -161,13 +161,25 @@ async function runSearch(query, label) {
   }
 }
 
+// The CLIP similarity of a hit (cosine, from its clip evidence), else its score.
+function similarity(hit) {
+  const clip = hit.evidence && hit.evidence.clip;
+  return clip && typeof clip.score === "number" ? clip.score : hit.score;
+}
+
 function renderResults(result) {
+  state.lastResult = result;
   const list = $("#results");
   list.replaceChildren();
+  const raw = $("#min-score").value.trim();
+  const min = raw === "" ? null : Number(raw);
+  const shown = min === null || Number.isNaN(min) ? result.hits : result.hits.filter((h) => similarity(h) >= min);
+  const hidden = result.hits.length - shown.length;
   $("#query-info").textContent =
-    `${result.hits.length} results for ${state.queryLabel} (${Math.round(result.took_ms)} ms, worker ${result.worker})`;
+    `${shown.length} results for ${state.queryLabel} (${Math.round(result.took_ms)} ms, worker ${result.worker})` +
+    (hidden ? `; ${hidden} below the minimum similarity hidden` : "");
   $("#results").dataset.query = state.queryLabel;
-  result.hits.forEach((hit, i) => {
+  shown.forEach((hit, i) => {
     const img = el("img", { alt: `result ${i + 1}: ${hit.uri}`, width: 150, height: 150,
       loading: i < 100 ? "eager" : "lazy" });
     setThumb(img, hit.id);
@@ -179,7 +191,10 @@ function renderResults(result) {
       el("span", { class: "score", text: hit.score.toFixed(3) })),
     el("span", { class: "uri", text: hit.uri }),
     renderEvidence(hit.evidence));
-    list.append(el("li", {}, button));
+    const info = el("button", { type: "button", class: "info secondary", text: "Details",
+      "aria-label": `Details of result ${i + 1}: ${hit.uri}`,
+      onclick: () => openDetail(hit, { score: hit.score.toFixed(3) }) });
+    list.append(el("li", {}, button, info));
   });
 }
 
@@ -244,8 +259,51 @@ function openDetail(item, fields) {
   $("#detail-img").alt = item.uri;
   $("#detail-fields").replaceChildren(...Object.entries(Object.assign({ id: item.id, uri: item.uri }, fields))
     .flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: String(v) })]));
+  $("#detail-extra").replaceChildren();
   panel.hidden = false;
   $("#detail-like").focus();
+  if (state.caps.indexing) loadDetail(item);
+}
+
+// What the index holds about an image: metadata, OCR lines, captions, tags, near-duplicates.
+async function loadDetail(item) {
+  let doc;
+  try { doc = await api(`/v1/images/${item.id}`); } catch (err) { if (state.detail === item) showError(err); return; }
+  if (state.detail !== item) return;  // another image was opened meanwhile
+  const meta = doc.image || {};
+  const section = (title, cls, items) => el("section", { class: cls },
+    el("h3", { text: title }),
+    items.length ? el("ul", {}, ...items) : el("p", { class: "muted small", text: "none" }));
+  const texts = (rows) => rows.map((t) => el("li", { text: `${t.text} (${Number(t.confidence).toFixed(2)})` }));
+  const near = (doc.near_duplicates || []).map((n) => el("li", {},
+    el("button", { type: "button", class: "link", "data-id": n.id, text: `${n.uri} · ${n.distance} bits`,
+      onclick: () => openDetail({ id: n.id, uri: n.uri }, { distance: n.distance }) })));
+  const fields = ["width", "height", "mime", "bytes", "source", "indexed_at"].filter((k) => meta[k] !== undefined);
+  $("#detail-extra").replaceChildren(
+    el("dl", { class: "detail-meta" }, ...fields.flatMap((k) => [el("dt", { text: k }), el("dd", { text: String(meta[k]) })])),
+    section("Text in the image (OCR)", "detail-ocr", texts(doc.ocr || [])),
+    section("Captions", "detail-captions", texts(doc.captions || [])),
+    section("Tags", "detail-tags", texts(doc.tags || [])),
+    section("Near-duplicates", "detail-near", near));
+  $("#detail").dataset.loaded = item.id;
+}
+
+async function indexFile(file) {
+  if (!file) return;
+  const info = $("#index-info");
+  info.textContent = `Indexing ${file.name}…`;
+  const form = new FormData();
+  form.append("file", file, file.name || "upload");
+  try {
+    const added = await api("/v1/images", { method: "POST", body: form });
+    info.textContent = added.searchable ? `Indexed ${file.name} (id ${added.id}): searchable now`
+      : `Queued ${file.name} (id ${added.id}) as job ${added.job}: searchable when it is done`;
+    info.dataset.id = added.id;
+    refreshStats();
+  } catch (err) {
+    info.textContent = `Not indexed: ${file.name}`;
+    showError(err);
+  }
 }
 
 function closeDetail() {
@@ -419,6 +477,9 @@ async function init() {
     if (text) runSearch({ body: { text } }, `“${text}”`);
   });
   $("#upload").addEventListener("change", (e) => searchFile(e.target.files[0]));
+  $("#index-row").hidden = !state.caps.indexing;
+  $("#index-upload").addEventListener("change", (e) => indexFile(e.target.files[0]));
+  $("#min-score").addEventListener("input", () => { if (state.lastResult) renderResults(state.lastResult); });
   document.addEventListener("paste", (e) => {
     const file = [...(e.clipboardData || {}).files || []].find((f) => f.type.startsWith("image/"));
     if (file) { e.preventDefault(); searchFile(file); }
@@ -439,10 +500,14 @@ async function init() {
   $("#map-refresh").addEventListener("click", () => showMap(true));
   window.addEventListener("hashchange", route);
   route();
+  refreshStats();
+  document.body.dataset.ready = "1";
+}
+
+function refreshStats() {
   api("/v1/stats").then((s) => {
     $("#collection-info").textContent = `${s.count} images in ${s.collection} · ${s.model}`;
   }).catch(() => {});
-  document.body.dataset.ready = "1";
 }
 
 document.addEventListener("DOMContentLoaded", init);

@@ -79,7 +79,7 @@ def test_full_size_vit_b_32_batched_equals_one_image_path(make_settings, samples
 def test_missing_weights_are_explained(make_settings, tmp_path):
     settings = make_settings()
     with pytest.raises(ConfigError, match="IMGSEARCH_CLIP_PRETRAINED is empty"):
-        resolve_weights("ViT-B-32", "", settings)
+        resolve_weights("RN50", "", settings)  # a model the catalog has no default weights for
     with pytest.raises(ConfigError, match="checkpoint file not found"):
         resolve_weights("ViT-B-32", str(tmp_path / "nope.pt"), settings)
 
@@ -102,3 +102,80 @@ def test_processes_assembling_the_reference_checkpoint_at_once_do_not_collide(tm
 
     assert len(load_file(paths.pop())) > 10
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_the_default_model_offline_without_cached_weights_says_the_ways_out(make_settings, tmp_path, samples_dir):
+    """The product default (ViT-B-32, laion2b_s34b_b79k) with an empty model cache, offline
+    (HF_HUB_OFFLINE=1): one line naming the three ways out; the CLI prints it with no traceback."""
+    import subprocess
+    import sys
+
+    from common.settings import Settings
+    from tests.servers import imgsearch_env
+
+    settings = Settings.from_env({}, data_dir=tmp_path / "d", model_cache_dir=str(tmp_path / "empty-cache"))
+    assert (settings.clip_model, settings.clip_pretrained) == ("ViT-B-32", "")
+    with pytest.raises(ConfigError) as caught:
+        load_clip(settings.clip_model, settings.clip_pretrained, settings)
+    message = str(caught.value)
+    assert "\n" not in message and "laion2b_s34b_b79k" in message and "offline" in message
+    for way in ("connect once", "imgsearch models fetch ViT-B-32", "IMGSEARCH_CLIP_PRETRAINED",
+                f"IMGSEARCH_CLIP_MODEL={reference.REFERENCE_MODEL}"):
+        assert way in message
+    env = imgsearch_env({"DATA_DIR": str(tmp_path / "d"), "MODEL_CACHE_DIR": str(tmp_path / "empty-cache")})
+    proc = subprocess.run([sys.executable, "-m", "imgsearch", "ingest", str(samples_dir / "bag")], env=env,
+                          capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"imgsearch: error: {message}"]
+
+
+def test_a_cached_checkpoint_of_the_default_model_loads_with_no_network(tmp_path, samples_dir):
+    """`imgsearch models fetch ViT-B-32 --from FILE` fills the cache (as from a connected machine
+    or a bucket); the default settings then load it from there, offline. The file is open_clip's
+    ViT-B-32 with seeded random weights: the real laion weights cannot be had here."""
+    from safetensors.torch import save_file
+
+    from common.models import catalog
+    from common.settings import Settings
+    from imgsearch.cli import main
+
+    torch.manual_seed(0)
+    net = open_clip.create_model("ViT-B-32", pretrained=None)
+    source = tmp_path / "vit-b-32.safetensors"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(source))
+    cache = tmp_path / "cache"
+    os.environ["IMGSEARCH_MODEL_CACHE_DIR"] = str(cache)
+    try:
+        assert main(["--data-dir", str(tmp_path / "d"), "models", "fetch", "ViT-B-32", "--from", str(source)]) == 0
+    finally:
+        del os.environ["IMGSEARCH_MODEL_CACHE_DIR"]
+    assert catalog.cached(cache)["ViT-B-32"] and not catalog.cached(cache)["ViT-L-14"]
+    listed = _models_json(tmp_path, cache)
+    by_name = {m["name"]: m for m in listed["models"]}
+    assert by_name["ViT-B-32"] == {**by_name["ViT-B-32"], "dim": 512, "relative_cost": 1.0, "cached": True,
+                                   "default": True, "pretrained": "laion2b_s34b_b79k"}
+    assert not by_name["ViT-L-14"]["cached"] and by_name["ViT-L-14"]["relative_cost"] > 1
+    assert by_name[reference.REFERENCE_MODEL]["bundled"] and by_name[reference.REFERENCE_MODEL]["cached"]
+    settings = Settings.from_env({}, data_dir=tmp_path / "d", model_cache_dir=str(cache))
+    model = load_clip(settings.clip_model, settings.clip_pretrained, settings)
+    assert (model.spec.name, model.spec.weights, model.spec.dim) == ("ViT-B-32", "laion2b_s34b_b79k", 512)
+    images = mixed_images(samples_dir, n=4)
+    with torch.no_grad():
+        net.eval()
+        expected = reference_path_embeddings("ViT-B-32", str(source), images)
+    assert cosines(model.encode_images(images), expected).min() >= 0.9999
+
+
+def _models_json(tmp_path, cache) -> dict:
+    """`imgsearch models --json`, run as a user runs it."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.servers import imgsearch_env
+
+    env = imgsearch_env({"DATA_DIR": str(tmp_path / "d"), "MODEL_CACHE_DIR": str(cache)})
+    proc = subprocess.run([sys.executable, "-m", "imgsearch", "models", "--json"], env=env, capture_output=True,
+                          text=True, timeout=120, cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)

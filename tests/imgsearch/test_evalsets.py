@@ -71,7 +71,8 @@ def neardup_index(tmp_path_factory, model_cache):
     from query.search import SearchService
 
     # the phash channel is under test: OCR and tags of 185 photos would only cost time
-    settings = Settings.from_env({}, data_dir=tmp_path_factory.mktemp("neardup"), model_cache_dir=str(model_cache),
+    settings = Settings.from_env({}, clip_model="imgsearch-fmnist-lit-minilm",
+                                 data_dir=tmp_path_factory.mktemp("neardup"), model_cache_dir=str(model_cache),
                                  ocr_enabled=False, caption_backend="off")
     summary = run_ingest(str(EVALSETS / "neardup"), settings, ("*.jpg",), progress=False)
     assert summary.failed == 0 and summary.indexed == 185

@@ -51,7 +51,8 @@ def warm_model(model_cache):
     """Assemble the reference checkpoint once, before worker processes race to do it."""
     from common.models.clip import load_clip
 
-    settings = Settings.from_env({}, data_dir=model_cache / "warm", model_cache_dir=str(model_cache))
+    settings = Settings.from_env({}, clip_model="imgsearch-fmnist-lit-minilm",
+                                 data_dir=model_cache / "warm", model_cache_dir=str(model_cache))
     return load_clip(settings.clip_model, settings.clip_pretrained, settings)
 
 
@@ -81,6 +82,7 @@ class Cluster:
             "S3_ENDPOINT_URL": s3.endpoint_url, "S3_REGION": s3.region,
             "S3_ACCESS_KEY": s3.access_key, "S3_SECRET_KEY": s3.secret_key,
             "BATCH_SIZE": "16", "BATCHES_PER_TASK": "2", "DEVICE": "cpu", "LOG_LEVEL": "INFO",
+            "CLIP_MODEL": "imgsearch-fmnist-lit-minilm",
         }
         self.workers: list[tuple[subprocess.Popen, Path]] = []
         s3.client().create_bucket(Bucket=self.bucket)

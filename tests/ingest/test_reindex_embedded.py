@@ -88,7 +88,8 @@ def test_a_reindex_without_changes_loads_no_model(make_settings, tmp_path, milvu
         "from common.settings import Settings\n"
         "from common.models.base import MODELS\n"
         "from ingest.reindex import run_reindex\n"
-        "s = Settings.from_env({'IMGSEARCH_DATA_DIR': sys.argv[1], 'IMGSEARCH_MODEL_CACHE_DIR': sys.argv[2],"
+        "s = Settings.from_env({'IMGSEARCH_CLIP_MODEL': 'imgsearch-fmnist-lit-minilm', "
+        "'IMGSEARCH_DATA_DIR': sys.argv[1], 'IMGSEARCH_MODEL_CACHE_DIR': sys.argv[2],"
         "                       'IMGSEARCH_MILVUS_URI': sys.argv[4], 'IMGSEARCH_COLLECTION': sys.argv[5]})\n"
         "r = run_reindex(sys.argv[3], s, progress=False)\n"
         "print(json.dumps({**r.to_dict(), 'models_loaded': len(MODELS.loaded())}))\n")

@@ -81,7 +81,8 @@ def served_samples(tmp_path_factory, model_cache, samples_dir, milvus_server) ->
     """The 200 bundled samples ingested into the shared Milvus Lite server (collection qsamples)."""
     from ingest.runner import run_ingest
 
-    settings = Settings.from_env({}, data_dir=tmp_path_factory.mktemp("served"), model_cache_dir=str(model_cache),
+    settings = Settings.from_env({}, clip_model="imgsearch-fmnist-lit-minilm",
+                                 data_dir=tmp_path_factory.mktemp("served"), model_cache_dir=str(model_cache),
                                  milvus_uri=milvus_server.uri, collection="qsamples", batch_size=64)
     summary = run_ingest(str(samples_dir), settings, progress=False)
     assert summary.failed == 0, summary.render()

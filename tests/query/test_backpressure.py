@@ -19,7 +19,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 @pytest.fixture
 def settings(tmp_path, redis_server) -> Settings:
-    return Settings.from_env({}, data_dir=tmp_path, redis_url=redis_server.url, query_max_backlog=5,
+    return Settings.from_env({}, clip_model="imgsearch-fmnist-lit-minilm",
+                             data_dir=tmp_path, redis_url=redis_server.url, query_max_backlog=5,
                              query_stream_max_len=8, query_stream=f"bp:{uuid.uuid4().hex[:8]}")
 
 

@@ -28,7 +28,8 @@ BODY = 300 * MB
 
 @pytest.fixture
 def gateway(tmp_path, redis_server):
-    settings = Settings.from_env({}, data_dir=tmp_path / "data", redis_url=redis_server.url, gateway_api_key=KEY,
+    settings = Settings.from_env({}, clip_model="imgsearch-fmnist-lit-minilm",
+                                 data_dir=tmp_path / "data", redis_url=redis_server.url, gateway_api_key=KEY,
                                  gateway_port=free_port(), query_stream=f"bodies:{uuid.uuid4().hex[:8]}")
     log = open(tmp_path / "gateway.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "imgsearch", "serve"], cwd=ROOT, env=settings_env(settings),

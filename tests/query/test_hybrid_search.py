@@ -41,7 +41,8 @@ def hybrid(tmp_path_factory, model_cache, samples_dir):
         (folder / cls).mkdir()
         for p in sorted((samples_dir / cls).glob("*.png"))[:5]:
             shutil.copy(p, folder / cls / p.name)
-    settings = Settings.from_env({}, data_dir=tmp_path_factory.mktemp("hybrid-data"),
+    settings = Settings.from_env({}, clip_model="imgsearch-fmnist-lit-minilm",
+                                 data_dir=tmp_path_factory.mktemp("hybrid-data"),
                                  model_cache_dir=str(model_cache))
     summary = run_ingest(str(folder), settings, progress=False)
     assert (summary.indexed, summary.failed) == (14, 0), summary.render()
@@ -122,7 +123,8 @@ def test_reindexing_a_changed_image_replaces_its_text(hybrid, tmp_path, model_ca
     folder = tmp_path / "src"
     folder.mkdir()
     (folder / "board.png").write_bytes(png(text_image(["OPEN 9-17"])))
-    settings = Settings.from_env({}, data_dir=tmp_path / "data", model_cache_dir=str(model_cache),
+    settings = Settings.from_env({}, clip_model="imgsearch-fmnist-lit-minilm",
+                                 data_dir=tmp_path / "data", model_cache_dir=str(model_cache),
                                  caption_backend="off")
     run_ingest(str(folder), settings, progress=False)
     (folder / "board.png").write_bytes(png(text_image(["CLOSED FOREVER"])))

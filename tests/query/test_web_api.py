@@ -42,7 +42,8 @@ def web_collection(tmp_path_factory, model_cache, samples_dir, milvus_server):
             shutil.copy(path, folder / name / path.name)
     big = Image.open(sorted((samples_dir / "bag").glob("*.png"))[0]).convert("RGB").resize((600, 400))
     big.save(folder / "bag" / "big.png")
-    settings = Settings.from_env({}, data_dir=tmp_path_factory.mktemp("web-data"), model_cache_dir=str(model_cache),
+    settings = Settings.from_env({}, clip_model="imgsearch-fmnist-lit-minilm",
+                                 data_dir=tmp_path_factory.mktemp("web-data"), model_cache_dir=str(model_cache),
                                  milvus_uri=milvus_server.uri, collection=f"web{uuid.uuid4().hex[:6]}",
                                  batch_size=64)
     summary = run_ingest(str(folder), settings, progress=False)

@@ -1,6 +1,7 @@
 """The web page end to end in real headless Chromium (Debian's ``chromium`` driven by Playwright)
-against a live ``imgsearch serve`` subprocess, a query worker subprocess and the 200 bundled
-samples indexed in a Milvus Lite server.
+against a live ``imgsearch serve`` subprocess and the 200 bundled samples indexed in a Milvus
+Lite server, twice: with a query worker subprocess behind Redis, and embedded (no Redis: the
+gateway answers through its in-process search service).
 
 Expected results are computed in this process with :class:`query.search.SearchService`
 over the same collection, never written down. Screenshots of every view go to
@@ -90,12 +91,18 @@ def serving(settings, log_path: Path):
         log.close()
 
 
-@pytest.fixture(scope="module")
-def stack(served_samples, redis_server, tmp_path_factory):
-    """Worker + ``imgsearch serve`` on a free port; yields (base URL, settings)."""
+@pytest.fixture(scope="module", params=["queue", "embedded"])
+def stack(request, served_samples, redis_server, tmp_path_factory):
+    """``imgsearch serve`` on a free port, in front of a query worker through Redis ("queue")
+    or answering in its own process with no Redis ("embedded"); yields (base URL, settings)."""
+    logs = tmp_path_factory.mktemp(f"web-e2e-logs-{request.param}")
+    if request.param == "embedded":
+        settings = served_samples.with_overrides(query_timeout_ms=60_000, gateway_port=free_port())
+        with serving(settings, logs / "serve.log") as base:
+            yield base, settings
+        return
     settings = served_samples.with_overrides(redis_url=redis_server.url, query_stream=f"e2e:{uuid.uuid4().hex[:8]}",
                                              query_timeout_ms=60_000, gateway_port=free_port())
-    logs = tmp_path_factory.mktemp("web-e2e-logs")
     with running_worker(settings, logs), serving(settings, logs / "serve.log") as base:
         yield base, settings
 
@@ -205,6 +212,8 @@ def test_collection_map_renders_points_with_hover_previews(page, stack, artifact
 
 def test_job_view_shows_a_job_and_its_dead_letters(page, stack, artifacts):
     _base, settings = stack
+    if settings.embedded:
+        pytest.skip("Redis job records; the embedded server's own jobs: tests/imgsearch/test_serve_embedded.py")
     job_id = ingest_job(settings.redis_url, "s3://photos/2024/", listed=40, indexed=12,
                         failed_uris=["s3://photos/2024/broken.jpg", "s3://photos/2024/empty.jpg"])
     page.click("#nav-jobs")
@@ -259,3 +268,44 @@ def test_evidence_per_hit_is_rendered_when_a_worker_sends_it(page):
                                      .querySelectorAll('li')].map(li => li.textContent)""")
     assert lines == ["clip · #1 · 0.512", "bm25 · #3 · 7.250 — “SUMMER SALE” (ocr)"]
     assert page.evaluate("() => renderEvidence(undefined) === null && renderEvidence({}) === null")
+
+
+def test_the_detail_panel_shows_what_the_index_holds_and_the_minimum_similarity_hides_hits(page, stack, artifacts):
+    page.fill("#q", QUERY)
+    page.press("#q", "Enter")
+    wait_results_for(page, QUERY)
+    shown = page.locator("#results > li").count()
+    scores = page.eval_on_selector_all("#results .hit", "els => els.length")
+    assert scores == shown
+    page.fill("#min-score", "0.99")  # above every cosine of this model: nothing left
+    page.wait_for_function("() => document.querySelectorAll('#results > li').length === 0")
+    assert "below the minimum similarity hidden" in page.inner_text("#query-info")
+    page.fill("#min-score", "")
+    page.wait_for_function(f"() => document.querySelectorAll('#results > li').length === {shown}")
+
+    top = first_hit_id(page)
+    page.click("#results li:first-child .info")
+    page.wait_for_selector(f"#detail[data-loaded='{top}']")
+    assert "image/png" in page.inner_text("#detail-extra")
+    assert page.locator("#detail .detail-tags li").count() >= 1  # CLIP tags of the caption stage
+    assert page.locator("#detail .detail-near").count() == 1
+    page.screenshot(path=str(artifacts / "detail.png"), full_page=False)
+
+
+def test_upload_to_index_makes_the_image_searchable(page, stack, samples_dir, tmp_path):
+    _base, settings = stack
+    if not settings.embedded:
+        pytest.skip("a distributed gateway stores uploads under IMGSEARCH_UPLOAD_URI (not set here)")
+    picture = tmp_path / "new-boot.png"
+    picture.write_bytes(sorted((samples_dir / "ankle-boot").glob("*.png"))[1].read_bytes())
+    assert not page.is_hidden("#index-row")
+    page.set_input_files("#index-upload", str(picture))
+    page.wait_for_function("() => (document.querySelector('#index-info').textContent || '').includes('searchable now')")
+    added = page.get_attribute("#index-info", "data-id")
+    try:
+        page.set_input_files("#upload", str(picture))
+        wait_results_for(page, picture.name)
+        ids = page.eval_on_selector_all("#results .hit", "els => els.slice(0, 3).map(e => e.dataset.id)")
+        assert added in ids
+    finally:  # the samples collection is shared with other modules: leave it as it was
+        assert httpx.delete(f"{stack[0]}/v1/images/{added}", timeout=60).status_code == 200
