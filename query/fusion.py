@@ -59,23 +59,103 @@ def dedupe(hits: Sequence[ChannelHit]) -> list[ChannelHit]:
     return out
 
 
+METHODS = ("rrf", "wrrf", "minmax", "zscore", "confidence")
+# A channel's score for an image it did not return, where that has a natural value: BM25
+# gives 0 to a text sharing no term with the query (its lists are short; padding them with
+# the floor keeps one matching row from looking like a flat distribution).
+FLOORS = {"bm25": 0.0}
+CONFIDENCE_DEPTH = 50   # the confidence of a channel is read from its top this many scores
+
+
+def confidence(scores: Sequence[float], floor: float | None = None, depth: int = CONFIDENCE_DEPTH) -> float:
+    """How far a channel's best hit stands clear of the rest of its own scores, >= 0.
+
+    The robust z-score of the top score against the channel's top ``depth`` scores
+    (median, and 1.4826 x the median absolute deviation as the spread), padded with
+    ``floor`` up to ``depth`` when the channel returned fewer and has a natural floor.
+    A flat list (the query means nothing to the channel: CLIP on a serial number, BM25 on
+    a paraphrase sharing no word) scores near 0; a copy or an exact match far above the
+    crowd scores high. The spread is floored at 1% of the score range so that a list of
+    identical scores with one outlier does not divide by zero.
+    """
+    values = [float(v) for v in scores[:depth]]
+    if floor is not None and len(values) < depth:
+        values += [float(floor)] * (depth - len(values))
+    if len(values) < 3:
+        return 0.0
+    ordered = sorted(values)
+    median = ordered[len(ordered) // 2] if len(ordered) % 2 else \
+        (ordered[len(ordered) // 2 - 1] + ordered[len(ordered) // 2]) / 2
+    deviations = sorted(abs(v - median) for v in values)
+    mad = deviations[len(deviations) // 2]
+    span = ordered[-1] - ordered[0]
+    if span <= 0:
+        return 0.0
+    spread = max(1.4826 * mad, 0.01 * span)
+    return max(0.0, (max(values) - median) / spread)
+
+
+def _contributions(method: str, hits: Sequence[ChannelHit], weight: float, rrf_k: int,
+                   floor: float | None) -> list[float]:
+    """What each of a channel's (deduplicated) hits adds to its image's fused score;
+    ``weight`` already holds the channel's per-query confidence where the method uses one."""
+    scores = [float(h.score) for h in hits]
+    if method in ("rrf", "wrrf"):
+        return [weight / (rrf_k + rank) for rank in range(1, len(hits) + 1)]
+    if not scores:
+        return []
+    if method == "zscore":
+        mean = sum(scores) / len(scores)
+        std = (sum((v - mean) ** 2 for v in scores) / len(scores)) ** 0.5
+        low = min(scores)
+        return [weight * ((v - low) / std if std > 0 else 1.0) for v in scores]
+    # minmax (Weaviate's relativeScore) and confidence: best hit 1, worst (or the floor) 0
+    low = min(scores) if floor is None else min(min(scores), floor)
+    high = max(scores)
+    normed = [(v - low) / (high - low) if high > low else 1.0 for v in scores]
+    return [weight * v for v in normed]
+
+
+def confidence_weights(channels: Mapping[str, Sequence[ChannelHit]],
+                       floors: Mapping[str, float] | None = None) -> dict[str, float]:
+    """Each channel's per-query weight from :func:`confidence`: 0 for a flat list, rising
+    with the top's clearance (squared, so one clear channel outweighs several vague ones).
+    When no channel stands clear at all, every channel weighs 1 (plain fusion)."""
+    floors = FLOORS if floors is None else floors
+    out = {name: confidence([float(h.score) for h in dedupe(hits)], floors.get(name)) ** 2
+           for name, hits in channels.items()}
+    return out if any(out.values()) else {name: 1.0 for name in channels}
+
+
 def fuse(channels: Mapping[str, Sequence[ChannelHit]], weights: Mapping[str, float], rrf_k: int = 60,
-         tiers: Mapping[str, float] | None = None) -> list[tuple[int, float, dict[str, dict]]]:
+         tiers: Mapping[str, float] | None = None, method: str = "rrf",
+         floors: Mapping[str, float] | None = None) -> list[tuple[int, float, dict[str, dict]]]:
     """(image id, fused score, evidence) for every image any channel returned, best first.
+
+    ``method`` (see :data:`METHODS` and the module docstring) decides what each channel's
+    hits add; ``weights[channel]`` multiplies it in every method. ``floors`` (default
+    :data:`FLOORS`) are the channels' scores for images they did not return.
 
     ``tiers[channel]`` = the score from which that channel's hits rank first (their
     evidence says ``"tier": true``; their fused score gains the most any other hit can
     reach, so scores still fall with rank). Ties are broken by the best single rank, then
     by id, so the order is deterministic.
     """
+    if method not in METHODS:
+        raise ValueError(f"unknown fusion method {method!r}; one of {', '.join(METHODS)}")
+    floors = FLOORS if floors is None else floors
     scores: dict[int, float] = {}
     best_rank: dict[int, int] = {}
     evidence: dict[int, dict[str, dict]] = {}
     tiered: set[int] = set()
     single = len(channels) == 1
+    confident = confidence_weights(channels, floors) if method in ("wrrf", "confidence") and not single else {}
     for name, hits in channels.items():
-        weight = float(weights.get(name, 1.0))
-        for rank, hit in enumerate(dedupe(hits), 1):
+        weight = float(weights.get(name, 1.0)) * confident.get(name, 1.0)
+        unique = dedupe(hits)
+        gains = [float(h.score) for h in unique] if single else \
+            _contributions(method, unique, weight, rrf_k, floors.get(name))
+        for rank, (hit, gained) in enumerate(zip(unique, gains), 1):
             entry: dict = {"rank": rank, "score": round(float(hit.score), 6)}
             if hit.text is not None:
                 entry["text"] = hit.text
@@ -84,11 +164,13 @@ def fuse(channels: Mapping[str, Sequence[ChannelHit]], weights: Mapping[str, flo
                 entry["tier"] = True
                 tiered.add(hit.image_id)
             evidence.setdefault(hit.image_id, {})[name] = entry
-            gained = float(hit.score) if single else weight / (rrf_k + rank)
             scores[hit.image_id] = scores.get(hit.image_id, 0.0) + gained
             best_rank[hit.image_id] = min(best_rank.get(hit.image_id, rank), rank)
     if tiered and not single:
-        lift = sum(float(weights.get(name, 1.0)) for name in channels) / (rrf_k + 1)
+        if method == "rrf":
+            lift = sum(float(weights.get(name, 1.0)) for name in channels) / (rrf_k + 1)
+        else:
+            lift = max(scores.values()) + 1e-9
         for i in tiered:
             scores[i] += lift
     order = sorted(scores, key=lambda i: (-scores[i], best_rank[i], i))

@@ -223,7 +223,7 @@ class SearchService:
             rows = self.texts.search_dense([q.vectors["dense"]], depth * 3)[0] if "dense" in q.vectors else []
             found["dense"] = [ChannelHit(r.image_id, r.score, r.text, r.kind) for r in rows if r.image_id not in skip]
         fused = fuse(found, parse_weights(self.settings.fusion_weights), self.settings.fusion_rrf_k,
-                     tiers={"phash": self.settings.phash_tier_score})
+                     tiers={"phash": self.settings.phash_tier_score}, method=self.settings.fusion)
         if q.must:
             keep = self.texts.images_containing([i for i, _, _ in fused], q.must)
             fused = [f for f in fused if f[0] in keep]
