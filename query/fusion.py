@@ -61,38 +61,35 @@ def dedupe(hits: Sequence[ChannelHit]) -> list[ChannelHit]:
 
 METHODS = ("rrf", "wrrf", "minmax", "zscore", "confidence")
 # A channel's score for an image it did not return, where that has a natural value: BM25
-# gives 0 to a text sharing no term with the query (its lists are short; padding them with
-# the floor keeps one matching row from looking like a flat distribution).
+# gives 0 to a text sharing no term with the query (min-max scales its list from 0, so a
+# lone weak match is not stretched to 1 against nothing).
 FLOORS = {"bm25": 0.0}
 CONFIDENCE_DEPTH = 50   # the confidence of a channel is read from its top this many scores
 
 
-def confidence(scores: Sequence[float], floor: float | None = None, depth: int = CONFIDENCE_DEPTH) -> float:
+def confidence(scores: Sequence[float], depth: int = CONFIDENCE_DEPTH) -> float:
     """How far a channel's best hit stands clear of the rest of its own scores, >= 0.
 
-    The robust z-score of the top score against the channel's top ``depth`` scores
-    (median, and 1.4826 x the median absolute deviation as the spread), padded with
-    ``floor`` up to ``depth`` when the channel returned fewer and has a natural floor.
-    A flat list (the query means nothing to the channel: CLIP on a serial number, BM25 on
-    a paraphrase sharing no word) scores near 0; a copy or an exact match far above the
-    crowd scores high. The spread is floored at 1% of the score range so that a list of
-    identical scores with one outlier does not divide by zero.
+    The robust z-score of the top score against the channel's top ``depth`` scores (their
+    median, and 1.4826 x their median absolute deviation as the spread). A flat list (the
+    query means nothing to the channel: CLIP on a serial number) scores near 0; a copy or
+    an exact match far above the crowd scores high. Fewer than 3 scores say nothing (0).
+    The spread is floored at 1% of the score range, so a list of identical scores with
+    one outlier does not divide by zero.
     """
     values = [float(v) for v in scores[:depth]]
-    if floor is not None and len(values) < depth:
-        values += [float(floor)] * (depth - len(values))
     if len(values) < 3:
         return 0.0
     ordered = sorted(values)
-    median = ordered[len(ordered) // 2] if len(ordered) % 2 else \
-        (ordered[len(ordered) // 2 - 1] + ordered[len(ordered) // 2]) / 2
+    n = len(ordered)
+    median = ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) / 2
     deviations = sorted(abs(v - median) for v in values)
-    mad = deviations[len(deviations) // 2]
+    mad = deviations[n // 2]
     span = ordered[-1] - ordered[0]
     if span <= 0:
         return 0.0
     spread = max(1.4826 * mad, 0.01 * span)
-    return max(0.0, (max(values) - median) / spread)
+    return max(0.0, (ordered[-1] - median) / spread)
 
 
 def _contributions(method: str, hits: Sequence[ChannelHit], weight: float, rrf_k: int,
@@ -116,14 +113,11 @@ def _contributions(method: str, hits: Sequence[ChannelHit], weight: float, rrf_k
     return [weight * v for v in normed]
 
 
-def confidence_weights(channels: Mapping[str, Sequence[ChannelHit]],
-                       floors: Mapping[str, float] | None = None) -> dict[str, float]:
-    """Each channel's per-query weight from :func:`confidence`: 0 for a flat list, rising
-    with the top's clearance (squared, so one clear channel outweighs several vague ones).
-    When no channel stands clear at all, every channel weighs 1 (plain fusion)."""
-    floors = FLOORS if floors is None else floors
-    out = {name: confidence([float(h.score) for h in dedupe(hits)], floors.get(name)) ** 2
-           for name, hits in channels.items()}
+def confidence_weights(channels: Mapping[str, Sequence[ChannelHit]]) -> dict[str, float]:
+    """Each channel's per-query weight: its :func:`confidence` (0 for a flat list, rising
+    linearly with the top's clearance). When no channel stands clear at all, every channel
+    weighs 1 (plain fusion)."""
+    out = {name: confidence([float(h.score) for h in dedupe(hits)]) for name, hits in channels.items()}
     return out if any(out.values()) else {name: 1.0 for name in channels}
 
 
@@ -149,7 +143,7 @@ def fuse(channels: Mapping[str, Sequence[ChannelHit]], weights: Mapping[str, flo
     evidence: dict[int, dict[str, dict]] = {}
     tiered: set[int] = set()
     single = len(channels) == 1
-    confident = confidence_weights(channels, floors) if method in ("wrrf", "confidence") and not single else {}
+    confident = confidence_weights(channels) if method in ("wrrf", "confidence") and not single else {}
     for name, hits in channels.items():
         weight = float(weights.get(name, 1.0)) * confident.get(name, 1.0)
         unique = dedupe(hits)

@@ -75,10 +75,9 @@ def test_confidence_of_a_flat_list_is_low_and_of_a_clear_top_is_high():
     from query.fusion import confidence
 
     assert confidence([0.30 - i / 1000 for i in range(60)]) < 2.5
-    assert confidence([h.score for h in KNOWING], floor=0.0) > 20
-    assert confidence([5.0] * 10) == 0.0 and confidence([1.0]) == 0.0
-    # a single BM25 row is a clear top once the list is padded with BM25's floor, 0
-    assert confidence([3.0], floor=0.0) > 20 and confidence([3.0]) == 0.0
+    assert confidence([h.score for h in KNOWING]) > 20
+    assert confidence([h.score for h in FLAT]) < 2.5
+    assert confidence([5.0] * 10) == 0.0 and confidence([1.0, 0.5]) == 0.0  # nothing stands out; too few
 
 
 @pytest.mark.parametrize("method", ["wrrf", "confidence"])
