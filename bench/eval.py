@@ -226,6 +226,57 @@ def fusion_rows(set_name: str, data: dict[str, dict], settings: Settings, method
     return channel_cells, fusion_cells, held
 
 
+VERIFY_SECTION = """## bench/eval.py — ORB + RANSAC verification of image queries
+
+Image queries of a set re-ranked by `query/verify.py`: the top N candidates of the fused
+ranking (method in the row) matched with ORB keypoints (query plain and mirrored) and a
+RANSAC homography; candidates with >= MIN_INLIERS inliers move to the front. mAP per kind of
+copy without / with it; cost = extra time per query (features of the query and of the N
+candidates computed at query time, nothing stored), on the shared 2-core machine.
+
+| date | command | set | method | N | mAP without / with | per copy kind: without -> with | ms per query | machine |
+|---|---|---|---|---|---|---|---|---|
+"""
+
+
+def verify_rows(set_name: str, data: dict[str, dict], settings: Settings, method: str, top: int,
+                k: int) -> list[list[object]]:
+    """mAP without and with ORB verification of the top ``top`` fused candidates."""
+    import time
+
+    from bench.fusion_lists import ranked
+    from common.settings import parse_weights
+    from imgsearch.metrics import query_metrics
+    from query.verify import MIN_INLIERS, best_inliers, features, query_features, rerank
+
+    dataset = load_dataset(SETS[set_name])
+    paths = {dataset.resolve(p.relative_to(dataset.root).as_posix()): p for p in dataset.images()}
+    queries = {q.id: q for q in dataset.queries if q.image is not None}
+    weights, tiers = parse_weights(settings.fusion_weights), {"phash": settings.phash_tier_score}
+    before: dict[str, list[float]] = {}
+    after: dict[str, list[float]] = {}
+    spent = 0.0
+    for qid, q in queries.items():
+        rows = data[qid]
+        order = ranked(rows, None, method, weights, settings.fusion_rrf_k, tiers, 100)
+        started = time.perf_counter()
+        query = query_features(Image.open(q.image))
+        verified = {i: best_inliers(query, features(Image.open(paths[i]))) for i in order[:top] if i in paths}
+        reordered = rerank(order, verified, MIN_INLIERS)
+        spent += time.perf_counter() - started
+        kind = Path(qid).stem if set_name == "neardup" else rows["kind"]
+        for out, ids in ((before, order), (after, reordered)):
+            m = query_metrics(ids, set(rows["relevant"]), k)["map"]
+            out.setdefault(kind, []).append(m)
+            out.setdefault("all", []).append(m)
+    mean = {name: {kind: float(np.mean(v)) for kind, v in d.items()} for name, d in (("before", before),
+                                                                                    ("after", after))}
+    kinds = ", ".join(f"{kind} {mean['before'][kind]:.3f} -> {mean['after'][kind]:.3f}"
+                      for kind in sorted(before) if kind != "all")
+    return [[set_name, method, top, f"{mean['before']['all']:.3f} / {mean['after']['all']:.3f}", kinds,
+             f"{1000 * spent / max(1, len(queries)):.0f}"]]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sets", default="neardup,ocr,mixed", help="comma-separated: neardup, ocr, mixed")
@@ -233,6 +284,8 @@ def main() -> int:
     parser.add_argument("--dump", type=Path, help="folder caching each set's per-channel rankings (re-scored "
                                                    "without ingest when present)")
     parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--verify", type=int, default=0, metavar="N",
+                        help="also measure ORB + RANSAC verification of the top N candidates of image queries")
     parser.add_argument("--skip-hashes", action="store_true", help="leave out part 1")
     parser.add_argument("--record", action="store_true", help="append the rows to bench/RESULTS.md")
     args = parser.parse_args()
@@ -264,6 +317,11 @@ def main() -> int:
             print(" | ".join(map(str, cells)))
             if args.record:
                 record_row("## bench/eval.py — fusion methods", [*cells, where], FUSION_SECTION)
+        if args.verify and any("phash" in r["channels"] for r in data.values()):  # image queries
+            for cells in verify_rows(set_name, data, settings, settings.fusion, args.verify, args.k):
+                print("verify | " + " | ".join(map(str, cells)))
+                if args.record:
+                    record_row("## bench/eval.py — ORB", [*cells, where], VERIFY_SECTION)
     for m in methods:
         print(f"fusion {m}: the rule {'holds on every' if everywhere[m] else 'does NOT hold on every'} "
               f"set and kind measured ({', '.join(names)})")

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from imgsearch.evalsets import Dataset, EvalQuery
+from imgsearch.evaluate import RULE_MARGIN  # fused may fall this far below the best single channel
 from query.fusion import ChannelHit
 from query.vocabulary import DEFAULT_CHANNELS, MAX_K
 
@@ -39,7 +40,6 @@ def own_id(dataset: Dataset, query: EvalQuery) -> int | None:
         return None
 
 
-RULE_MARGIN = 0.02   # fused hit@5 and mAP may fall at most this far below the best single channel's
 
 
 def ranked(rows: dict, channels: list[str] | None, method: str, weights: dict, rrf_k: int,

@@ -196,7 +196,7 @@ class Settings:
     fusion_weights: str = field(default="clip=1,bm25=1,dense=1,phash=1",
                                 metadata={"help": "Per-channel RRF weights, channel=weight comma-separated."})
     fusion_rrf_k: int = field(default=60, metadata={"help": "RRF constant: score = sum w / (k + rank)."})
-    fusion: str = field(default="rrf", metadata={
+    fusion: str = field(default="confidence", metadata={
         "help": "Fusion method of hybrid search: rrf, wrrf (RRF weighted per query by each channel's "
                 "confidence), minmax, zscore (normalised scores), confidence (min-max scores "
                 "weighted by confidence). See README 'Fusion methods'."})

@@ -1,12 +1,25 @@
-"""Rank fusion of search channels (RRF) and the fused hit with its per-channel evidence.
+"""Fusion of search channels and the fused hit with its per-channel evidence.
 
-Why RRF: channel scores are not comparable (cosine of CLIP vectors, BM25 sums, inner
-products of ±1 hash bits), ranks are. A hit's fused score is
-``sum over channels of weight[channel] / (rrf_k + rank)`` with 1-based ranks, so an image
-ranked well by several channels beats one ranked first by a single channel, and a channel
-can be weighted (``IMGSEARCH_FUSION_WEIGHTS``). With a single channel the hits keep that
-channel's own score (nothing to fuse), so ``channels=["clip"]`` answers exactly like a
-plain CLIP search.
+Channel scores are not comparable as they come (cosine of CLIP vectors, BM25 sums, inner
+products of ±1 hash bits), so each method first puts a channel's hits on its own scale and
+then sums over channels, times ``weights[channel]`` (``IMGSEARCH_FUSION_WEIGHTS``):
+
+- ``rrf``: reciprocal rank fusion, ``weight / (rrf_k + rank)`` (1-based ranks); the only
+  method before issue 18. Ranks only: a channel that knows nothing about the query (CLIP on
+  a serial number, BM25 on a paraphrase) moves images as much as one that knows.
+- ``wrrf``: RRF with each channel's weight multiplied by its per-query :func:`confidence`.
+- ``minmax``: each channel's scores scaled to 0..1 over its own hits (Weaviate's
+  relativeScore); BM25 is scaled from its natural floor 0 (:data:`FLOORS`).
+- ``zscore``: each channel's scores in standard deviations above its lowest hit.
+- ``confidence`` (the default, ``IMGSEARCH_FUSION``): ``minmax`` with each channel's
+  weight multiplied by its per-query :func:`confidence`, the robust z-score of its top
+  score against its own top 50: a channel whose best hits stand clear of its own
+  distribution counts more, one with a flat distribution counts less. It is the method
+  that came closest to "fused is never worse than the best single channel" on every
+  committed evaluation set and query kind (bench/eval.py, README "Fusion methods").
+
+With a single channel the hits keep that channel's own score in every method (nothing to
+fuse), so ``channels=["clip"]`` answers exactly like a plain CLIP search.
 
 Tiers: a channel may name a score at or above which its hits are near-certain (``phash``:
 a hash at most a few bits from the query's is a copy of the query image). Those hits rank
@@ -84,11 +97,14 @@ def confidence(scores: Sequence[float], depth: int = CONFIDENCE_DEPTH) -> float:
     n = len(ordered)
     median = ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) / 2
     deviations = sorted(abs(v - median) for v in values)
-    mad = deviations[n // 2]
     span = ordered[-1] - ordered[0]
     if span <= 0:
         return 0.0
-    spread = max(1.4826 * mad, 0.01 * span)
+    # 1.4826 x MAD estimates the standard deviation; when over half the scores tie (the
+    # same text indexed under many images gives the same BM25 score) the MAD is 0 and the
+    # mean absolute deviation (x 1.2533) takes over
+    spread = 1.4826 * deviations[n // 2] or 1.2533 * sum(deviations) / n
+    spread = max(spread, 0.01 * span)
     return max(0.0, (ordered[-1] - median) / spread)
 
 
