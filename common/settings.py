@@ -194,7 +194,7 @@ class Settings:
                 "(0 or 1: whole image only)."})
     caption_timeout_s: int = field(default=60, metadata={"help": "Timeout of one endpoint request."})
     fusion_weights: str = field(default="clip=1,bm25=1,dense=1,phash=1",
-                                metadata={"help": "Per-channel RRF weights, channel=weight comma-separated."})
+                                metadata={"help": "Per-channel fusion weights, channel=weight comma-separated."})
     fusion_rrf_k: int = field(default=60, metadata={"help": "RRF constant: score = sum w / (k + rank)."})
     fusion: str = field(default="confidence", metadata={
         "help": "Fusion method of hybrid search: rrf, wrrf (RRF weighted per query by each channel's "
