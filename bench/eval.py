@@ -6,15 +6,20 @@ hash with the query-time variants (what the ``phash`` channel does), side by sid
 every copy as query, the closest pair of distinct photos, and at the duplicate threshold
 the share of true pairs found and the number of false ones.
 
-Part 2, channels (the real system): each set is ingested into a fresh Milvus Lite
-collection with the configured model and scored by the code of `imgsearch eval` per
-channel (and fused where the search service fuses); the near-duplicate set is also listed
-by `imgsearch duplicates`' code and its groups checked for false duplicates.
+Part 2, channels and fusion methods (the real system): each set is ingested into a fresh
+Milvus Lite collection with the configured model; each query is searched once on every
+channel of its kind and each channel's ranking read back from the fused hits' evidence
+(bench/fusion_lists.py); each channel alone and every fusion method of ``query.fusion``
+(``--methods``) are scored from those rankings with `imgsearch eval`'s metrics, per query
+kind, and a line per set, kind and method says whether the rule of issue 18 holds: fused
+hit@5 and mAP >= the best single channel's minus 0.02. The near-duplicate set is also
+listed by `imgsearch duplicates`' code and its groups checked for false duplicates.
 
-Not a test: nothing here asserts; ``--record`` writes the rows to bench/RESULTS.md.
+Not a test: nothing here asserts; ``--record`` writes the rows to bench/RESULTS.md;
+``--dump DIR`` keeps the rankings, so a second run re-scores without ingesting.
 
     python bench/eval.py --record
-    python bench/eval.py --sets ocr,mixed --channels clip
+    python bench/eval.py --skip-hashes --sets ocr,mixed --methods rrf,confidence
 """
 
 from __future__ import annotations
@@ -37,8 +42,9 @@ from common.models.phash import _DCT, _N, phash_bits, query_variants  # noqa: E4
 from common.settings import Settings  # noqa: E402
 from common.store import close_clients  # noqa: E402
 from imgsearch.evalsets import IMAGE_GLOBS, load_dataset  # noqa: E402
-from imgsearch.evaluate import evaluate_dataset, temporary_settings  # noqa: E402
+from imgsearch.evaluate import temporary_settings  # noqa: E402
 from imgsearch.metrics import average_precision  # noqa: E402
+from query.fusion import METHODS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SETS = {"neardup": ROOT / "evalsets" / "neardup", "ocr": ROOT / "evalsets" / "ocr", "mixed": ROOT / "evalsets"}
@@ -104,22 +110,53 @@ def hash_study(threshold: int) -> list[list[object]]:
     return rows
 
 
-def channel_rows(set_name: str, settings: Settings, channels: str | None, k: int) -> list[list[object]]:
-    """Ingest one set into a temporary collection, score it, list its duplicates."""
+FUSION_SECTION = """## bench/eval.py — fusion methods per query kind
+
+Each set ingested into a fresh Milvus Lite collection; one search per query with every
+channel of its kind (k = 1000, so the evidence of the fused hits holds each channel's whole
+ranking); each channel alone and every fusion method (`query.fusion.fuse`, as the search
+service calls it) scored from those rankings. Cells: hit@5 / mAP; ✓ where the rule holds
+(fused hit@5 and mAP >= the best single channel's minus 0.02), ✗ where it does not.
+Kinds named `copy:` (near-duplicate set only) split its one kind `class` by the kind of
+copy the query is, for reading (mirrors); the rule is judged on the set's own kinds.
+
+| date | command | set | kind | queries | best channel hit@5 | best channel mAP | rrf | wrrf | minmax \
+| zscore | confidence | machine |
+|---|---|---|---|---|---|---|---|---|---|---|---|---|
+"""
+
+
+def collect(set_name: str, settings: Settings, dump: Path | None) -> tuple[dict[str, dict], str]:
+    """Ingest one set into a temporary collection; every query's per-channel rankings
+    (bench.fusion_lists) and the `duplicates` check of the near-duplicate set."""
+    import json
+
+    from bench.fusion_lists import own_id, query_channels
     from ingest.runner import run_ingest
     from query.duplicates import find_duplicates
     from query.search import SearchService
 
     root = SETS[set_name]
+    dataset = load_dataset(root)
+    cached = dump / f"{set_name}.json" if dump else None
+    if cached is not None and cached.is_file():
+        doc = json.loads(cached.read_text())
+        return doc["queries"], doc["extra"]
+    data: dict[str, dict] = {}
+    extra = ""
     with tempfile.TemporaryDirectory(prefix="bench-eval-") as tmp:
         run_settings = temporary_settings(settings, Path(tmp), "bench")
         try:
             summary = run_ingest(str(root), run_settings, IMAGE_GLOBS, progress=False)
-            report = evaluate_dataset(root, run_settings, channels, k=k, depth=100, existing=True)
-            print(report.render())
-            extra = ""
+            service = SearchService(run_settings)
+            for q in dataset.queries:
+                own = own_id(dataset, q)
+                lists = query_channels(service, q)
+                data[q.id] = {"kind": q.kind, "own": own,
+                              "relevant": sorted({dataset.resolve(r) for r in q.relevant} - {own}),
+                              "channels": {c: [[h.image_id, h.score] for h in v] for c, v in lists.items()}}
             if set_name == "neardup":
-                listing = find_duplicates(SearchService(run_settings).store, run_settings.duplicate_threshold)
+                listing = find_duplicates(service.store, run_settings.duplicate_threshold)
                 mixed = sum(1 for g in listing.groups
                             if len({Path(i["uri"]).parent.name for i in g.images}) > 1
                             or any("/_distractors/" in i["uri"] for i in g.images))
@@ -128,23 +165,127 @@ def channel_rows(set_name: str, settings: Settings, channels: str | None, k: int
                 print(extra.lstrip("; "))
         finally:
             close_clients()
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        cached.write_text(json.dumps({"queries": data, "extra": extra}))
+    return data, extra
+
+
+def fusion_rows(set_name: str, data: dict[str, dict], settings: Settings, methods: list[str], k: int,
+                extra: str = "") -> tuple[list[list[object]], list[list[object]], dict[str, bool]]:
+    """(channel rows, fusion rows, method -> whether the rule held on every kind of the set)."""
+    from bench.fusion_lists import rule, score_methods
+    from common.settings import parse_weights
+
+    weights = parse_weights(settings.fusion_weights)
+    tiers = {"phash": settings.phash_tier_score}
+    table = score_methods(data, methods, weights, settings.fusion_rrf_k, tiers, k=k)
+    kinds = [kind for kind in next(iter(table.values())) if kind != "all"]
+    counts = {kind: sum(1 for r in data.values() if r["kind"] == kind) for kind in kinds}
     model = settings.clip_model + (f"@{settings.clip_pretrained}" if settings.clip_pretrained else "")
-    rows = []
-    for result in report.channels:
-        mean = result.mean()
-        by_kind = ", ".join(f"{kind} hit@1 {result.mean(ids)['hit@1']:.2f} hit@5 {result.mean(ids)['hit@5']:.2f} "
-                            f"mAP {result.mean(ids)['map']:.2f}" for kind, ids in report.kinds.items())
-        rows.append([set_name, model, result.name, f"{len(result.per_query)} ({result.answered} answered)",
-                     *(f"{mean[m]:.3f}" for m in ("p@k", "r@k", "f1@k", "map", "pr_auc", "hit@1", "hit@5")),
-                     by_kind + extra])
-    return rows
+    channel_cells = []
+    for name, per_kind in table.items():
+        mean = per_kind["all"]
+        answered = sum(1 for r in data.values()
+                       if (r["channels"] if name.startswith("fused:") else r["channels"].get(name)))
+        by_kind = ", ".join(f"{kind} hit@1 {per_kind[kind]['hit@1']:.2f} hit@5 {per_kind[kind]['hit@5']:.2f} "
+                            f"mAP {per_kind[kind]['map']:.2f}" for kind in kinds)
+        channel_cells.append([set_name, model, name, f"{len(data)} ({answered} answered)",
+                              *(f"{mean[m]:.3f}" for m in ("p@k", "r@k", "f1@k", "map", "pr_auc", "hit@1", "hit@5")),
+                              by_kind + extra])
+    held = {m: True for m in methods}
+    fusion_cells = []
+
+    def cells(label: str, tab: dict, kind: str, judged: bool) -> list[object]:
+        singles = {n: v[kind] for n, v in tab.items() if not n.startswith("fused:") and kind in v}
+        best_hit = max(singles, key=lambda c: singles[c]["hit@5"])
+        best_map = max(singles, key=lambda c: singles[c]["map"])
+        out: list[object] = [set_name, label, counts[kind] if judged else "",
+                             f"{singles[best_hit]['hit@5']:.3f} ({best_hit})",
+                             f"{singles[best_map]['map']:.3f} ({best_map})"]
+        for m in methods:
+            f = tab[f"fused:{m}"][kind]
+            mark = ""
+            if judged:
+                ok, line = rule(tab, m, kind)
+                held[m] &= ok
+                mark = " ✓" if ok else " ✗"
+                print(f"  rule {set_name} {m:<10} {line}")
+            out.append(f"{f['hit@5']:.3f} / {f['map']:.3f}{mark}")
+        return out
+
+    for kind in kinds:
+        fusion_cells.append(cells(kind, table, kind, True))
+    if set_name == "neardup":  # the one kind split by the kind of copy, for reading
+        copies = score_methods(data, methods, weights, settings.fusion_rrf_k, tiers, k=k,
+                               kind_of=lambda qid, _: Path(qid).stem)
+        for kind in sorted(k for k in next(iter(copies.values())) if k != "all"):
+            row = cells(f"copy:{kind}", copies, kind, False)
+            row[2] = sum(1 for q in data if Path(q).stem == kind)
+            fusion_cells.append(row)
+    return channel_cells, fusion_cells, held
+
+
+VERIFY_SECTION = """## bench/eval.py — ORB + RANSAC verification of image queries
+
+Image queries of a set re-ranked by `query/verify.py`: the top N candidates of the fused
+ranking (method in the row) matched with ORB keypoints (query plain and mirrored) and a
+RANSAC homography; candidates with >= MIN_INLIERS inliers move to the front. mAP per kind of
+copy without / with it; cost = extra time per query (features of the query and of the N
+candidates computed at query time, nothing stored), on the shared 2-core machine.
+
+| date | command | set | method | N | mAP without / with | per copy kind: without -> with | ms per query | machine |
+|---|---|---|---|---|---|---|---|---|
+"""
+
+
+def verify_rows(set_name: str, data: dict[str, dict], settings: Settings, method: str, top: int,
+                k: int) -> list[list[object]]:
+    """mAP without and with ORB verification of the top ``top`` fused candidates."""
+    import time
+
+    from bench.fusion_lists import ranked
+    from common.settings import parse_weights
+    from imgsearch.metrics import query_metrics
+    from query.verify import MIN_INLIERS, best_inliers, features, query_features, rerank
+
+    dataset = load_dataset(SETS[set_name])
+    paths = {dataset.resolve(p.relative_to(dataset.root).as_posix()): p for p in dataset.images()}
+    queries = {q.id: q for q in dataset.queries if q.image is not None}
+    weights, tiers = parse_weights(settings.fusion_weights), {"phash": settings.phash_tier_score}
+    before: dict[str, list[float]] = {}
+    after: dict[str, list[float]] = {}
+    spent = 0.0
+    for qid, q in queries.items():
+        rows = data[qid]
+        order = ranked(rows, None, method, weights, settings.fusion_rrf_k, tiers, 100)
+        started = time.perf_counter()
+        query = query_features(Image.open(q.image))
+        verified = {i: best_inliers(query, features(Image.open(paths[i]))) for i in order[:top] if i in paths}
+        reordered = rerank(order, verified, MIN_INLIERS)
+        spent += time.perf_counter() - started
+        kind = Path(qid).stem if set_name == "neardup" else rows["kind"]
+        for out, ids in ((before, order), (after, reordered)):
+            m = query_metrics(ids, set(rows["relevant"]), k)["map"]
+            out.setdefault(kind, []).append(m)
+            out.setdefault("all", []).append(m)
+    mean = {name: {kind: float(np.mean(v)) for kind, v in d.items()} for name, d in (("before", before),
+                                                                                    ("after", after))}
+    kinds = ", ".join(f"{kind} {mean['before'][kind]:.3f} -> {mean['after'][kind]:.3f}"
+                      for kind in sorted(before) if kind != "all")
+    return [[set_name, method, top, f"{mean['before']['all']:.3f} / {mean['after']['all']:.3f}", kinds,
+             f"{1000 * spent / max(1, len(queries)):.0f}"]]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sets", default="neardup,ocr,mixed", help="comma-separated: neardup, ocr, mixed")
-    parser.add_argument("--channels", help="comma-separated channels (default: all the search service has)")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated fusion methods to compare")
+    parser.add_argument("--dump", type=Path, help="folder caching each set's per-channel rankings (re-scored "
+                                                   "without ingest when present)")
     parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--verify", type=int, default=0, metavar="N",
+                        help="also measure ORB + RANSAC verification of the top N candidates of image queries")
     parser.add_argument("--skip-hashes", action="store_true", help="leave out part 1")
     parser.add_argument("--record", action="store_true", help="append the rows to bench/RESULTS.md")
     args = parser.parse_args()
@@ -155,12 +296,35 @@ def main() -> int:
             print(" | ".join(map(str, cells)))
             if args.record:
                 record_row("## bench/eval.py — perceptual hash", [*cells, where], HASH_SECTION)
-    for set_name in [s.strip() for s in args.sets.split(",") if s.strip()]:
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        parser.error(f"unknown fusion methods {unknown}; one of {', '.join(METHODS)}")
+    names = [s.strip() for s in args.sets.split(",") if s.strip()]
+    for set_name in names:
         load_dataset(SETS[set_name])  # a malformed set fails before any ingest
-        for cells in channel_rows(set_name, settings, args.channels, args.k):
+    everywhere = {m: True for m in methods}
+    for set_name in names:
+        data, extra = collect(set_name, settings, args.dump)
+        channel_cells, fusion_cells, held = fusion_rows(set_name, data, settings, methods, args.k, extra)
+        for m in methods:
+            everywhere[m] &= held[m]
+        for cells in channel_cells:
             print(" | ".join(map(str, cells)))
             if args.record:
                 record_row("## bench/eval.py — evaluation sets", [*cells, where], CHANNEL_SECTION)
+        for cells in fusion_cells:
+            print(" | ".join(map(str, cells)))
+            if args.record:
+                record_row("## bench/eval.py — fusion methods", [*cells, where], FUSION_SECTION)
+        if args.verify and any("phash" in r["channels"] for r in data.values()):  # image queries
+            for cells in verify_rows(set_name, data, settings, settings.fusion, args.verify, args.k):
+                print("verify | " + " | ".join(map(str, cells)))
+                if args.record:
+                    record_row("## bench/eval.py — ORB", [*cells, where], VERIFY_SECTION)
+    for m in methods:
+        print(f"fusion {m}: the rule {'holds on every' if everywhere[m] else 'does NOT hold on every'} "
+              f"set and kind measured ({', '.join(names)})")
     return 0
 
 

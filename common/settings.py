@@ -215,8 +215,12 @@ class Settings:
         "help": "Most endpoint requests (whole images and grid crops) one worker process has in "
                 "flight at once (1: one after the other)."})
     fusion_weights: str = field(default="clip=1,bm25=1,dense=1,phash=1",
-                                metadata={"help": "Per-channel RRF weights, channel=weight comma-separated."})
+                                metadata={"help": "Per-channel fusion weights, channel=weight comma-separated."})
     fusion_rrf_k: int = field(default=60, metadata={"help": "RRF constant: score = sum w / (k + rank)."})
+    fusion: str = field(default="confidence", metadata={
+        "help": "Fusion method of hybrid search: rrf, wrrf (RRF weighted per query by each channel's "
+                "confidence), minmax, zscore (normalised scores), confidence (min-max scores "
+                "weighted by confidence). See README 'Fusion methods'."})
     phash_min_score: int = field(default=24, metadata={
         "help": "phash channel keeps hits with 64 - 2*hamming >= this (24: hamming <= 20; unrelated "
                 "photos sit near 32 bits apart). A ranking cut, not the duplicate threshold."})
@@ -431,6 +435,9 @@ def _validate_text(settings: "Settings") -> None:
         if getattr(settings, name) < 0:
             raise ConfigError(f"{PREFIX}{name.upper()} must be >= 0, got {getattr(settings, name)}")
     parse_weights(settings.fusion_weights)
+    fusion_methods = ("rrf", "wrrf", "minmax", "zscore", "confidence")  # query.fusion.METHODS (common imports no query)
+    if settings.fusion not in fusion_methods:
+        raise ConfigError(f"{PREFIX}FUSION must be one of {', '.join(fusion_methods)}, got {settings.fusion!r}")
     if not -64 <= settings.phash_tier_score <= 65:
         raise ConfigError(f"{PREFIX}PHASH_TIER_SCORE must be -64..65 (65: no tier), got {settings.phash_tier_score}")
     from common.vector_index import INDEX_TYPES

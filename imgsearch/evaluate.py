@@ -19,6 +19,7 @@ from imgsearch.metrics import METRICS, RECALL_LEVELS, mean_curve, mean_metrics, 
 
 IMAGE_ONLY_CHANNELS = {"phash"}   # a text query has nothing to search there
 FUSED = "fused"
+RULE_MARGIN = 0.02   # fusion's rule (issue 18): fused hit@5 and mAP >= best single channel's - this
 
 
 def ranked_ids(service, query: EvalQuery, channels: Sequence[str], depth: int) -> list[int]:
@@ -66,7 +67,7 @@ class EvalReport:
 
         return {"dataset": self.dataset, "images": self.images, "queries": sum(map(len, self.kinds.values())),
                 "k": self.k, "depth": self.depth, "kinds": {k: len(v) for k, v in self.kinds.items()},
-                "notes": self.notes,
+                "notes": self.notes, "rule": {kind: holds for kind, holds, _ in self.rule()},
                 "channels": {c.name: {"all": rounded(c.mean()), "answered": c.answered,
                                       "by_kind": {kind: rounded(c.mean(ids)) for kind, ids in self.kinds.items()}}
                              for c in self.channels},
@@ -92,8 +93,30 @@ class EvalReport:
             for c in self.channels:
                 mean = c.mean(ids)
                 out.append(f"  {c.name:<{width}}  " + "  ".join(f"{mean[m]:>7.3f}" for m in METRICS))
+        rule = self.rule()
+        if rule:
+            out.append(f"\nfusion rule: fused hit@5 and mAP >= the best single channel's - {RULE_MARGIN}")
+            out.extend(f"  {line}" for _, _, line in rule)
         out.extend(f"\nnote: {n}" for n in self.notes)
         return "\n".join(out)
+
+    def rule(self) -> list[tuple[str, bool, str]]:
+        """Per query kind: whether the fused ranking holds the rule, and a line saying so
+        (empty without a fused run)."""
+        fused = next((c for c in self.channels if c.name == FUSED), None)
+        singles = [c for c in self.channels if c.name != FUSED]
+        if fused is None or not singles:
+            return []
+        out = []
+        for kind, ids in self.kinds.items():
+            got, parts, holds = fused.mean(ids), [], True
+            for metric in ("hit@5", "map"):
+                best = max(singles, key=lambda c: c.mean(ids)[metric])
+                ok = got[metric] >= best.mean(ids)[metric] - RULE_MARGIN - 1e-9
+                holds &= ok
+                parts.append(f"{metric} {got[metric]:.3f} vs {best.name} {best.mean(ids)[metric]:.3f}")
+            out.append((kind, holds, f"{kind}: {'holds' if holds else 'does NOT hold'} ({'; '.join(parts)})"))
+        return out
 
 
 def evaluate(dataset: Dataset, service, channels: Sequence[str], k: int = 10, depth: int = 100,
@@ -104,6 +127,9 @@ def evaluate(dataset: Dataset, service, channels: Sequence[str], k: int = 10, de
     notes = []
     if len(channels) > 1:
         runs.append((FUSED, tuple(channels)))
+        method = getattr(getattr(service, "settings", None), "fusion", None)
+        if method:
+            notes.append(f"fused by {method} (IMGSEARCH_FUSION)")
     kinds: dict[str, list[str]] = {}
     for q in dataset.queries:
         kinds.setdefault(q.kind, []).append(q.id)

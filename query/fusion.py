@@ -1,12 +1,25 @@
-"""Rank fusion of search channels (RRF) and the fused hit with its per-channel evidence.
+"""Fusion of search channels and the fused hit with its per-channel evidence.
 
-Why RRF: channel scores are not comparable (cosine of CLIP vectors, BM25 sums, inner
-products of ±1 hash bits), ranks are. A hit's fused score is
-``sum over channels of weight[channel] / (rrf_k + rank)`` with 1-based ranks, so an image
-ranked well by several channels beats one ranked first by a single channel, and a channel
-can be weighted (``IMGSEARCH_FUSION_WEIGHTS``). With a single channel the hits keep that
-channel's own score (nothing to fuse), so ``channels=["clip"]`` answers exactly like a
-plain CLIP search.
+Channel scores are not comparable as they come (cosine of CLIP vectors, BM25 sums, inner
+products of ±1 hash bits), so each method first puts a channel's hits on its own scale and
+then sums over channels, times ``weights[channel]`` (``IMGSEARCH_FUSION_WEIGHTS``):
+
+- ``rrf``: reciprocal rank fusion, ``weight / (rrf_k + rank)`` (1-based ranks); the only
+  method before issue 18. Ranks only: a channel that knows nothing about the query (CLIP on
+  a serial number, BM25 on a paraphrase) moves images as much as one that knows.
+- ``wrrf``: RRF with each channel's weight multiplied by its per-query :func:`confidence`.
+- ``minmax``: each channel's scores scaled to 0..1 over its own hits (Weaviate's
+  relativeScore); BM25 is scaled from its natural floor 0 (:data:`FLOORS`).
+- ``zscore``: each channel's scores in standard deviations above its lowest hit.
+- ``confidence`` (the default, ``IMGSEARCH_FUSION``): ``minmax`` with each channel's
+  weight multiplied by its per-query :func:`confidence`, the robust z-score of its top
+  score against its own top 50: a channel whose best hits stand clear of its own
+  distribution counts more, one with a flat distribution counts less. It is the method
+  that came closest to "fused is never worse than the best single channel" on every
+  committed evaluation set and query kind (bench/eval.py, README "Fusion methods").
+
+With a single channel the hits keep that channel's own score in every method (nothing to
+fuse), so ``channels=["clip"]`` answers exactly like a plain CLIP search.
 
 Tiers: a channel may name a score at or above which its hits are near-certain (``phash``:
 a hash at most a few bits from the query's is a copy of the query image). Those hits rank
@@ -59,23 +72,100 @@ def dedupe(hits: Sequence[ChannelHit]) -> list[ChannelHit]:
     return out
 
 
+METHODS = ("rrf", "wrrf", "minmax", "zscore", "confidence")
+# A channel's score for an image it did not return, where that has a natural value: BM25
+# gives 0 to a text sharing no term with the query (min-max scales its list from 0, so a
+# lone weak match is not stretched to 1 against nothing).
+FLOORS = {"bm25": 0.0}
+CONFIDENCE_DEPTH = 50   # the confidence of a channel is read from its top this many scores
+
+
+def confidence(scores: Sequence[float], depth: int = CONFIDENCE_DEPTH) -> float:
+    """How far a channel's best hit stands clear of the rest of its own scores, >= 0.
+
+    The robust z-score of the top score against the channel's top ``depth`` scores (their
+    median, and 1.4826 x their median absolute deviation as the spread). A flat list (the
+    query means nothing to the channel: CLIP on a serial number) scores near 0; a copy or
+    an exact match far above the crowd scores high. Fewer than 3 scores say nothing (0).
+    The spread is floored at 1% of the score range, so a list of identical scores with
+    one outlier does not divide by zero.
+    """
+    values = [float(v) for v in scores[:depth]]
+    if len(values) < 3:
+        return 0.0
+    ordered = sorted(values)
+    n = len(ordered)
+    median = ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) / 2
+    deviations = sorted(abs(v - median) for v in values)
+    span = ordered[-1] - ordered[0]
+    if span <= 0:
+        return 0.0
+    # 1.4826 x MAD estimates the standard deviation; when over half the scores tie (the
+    # same text indexed under many images gives the same BM25 score) the MAD is 0 and the
+    # mean absolute deviation (x 1.2533) takes over
+    spread = 1.4826 * deviations[n // 2] or 1.2533 * sum(deviations) / n
+    spread = max(spread, 0.01 * span)
+    return max(0.0, (ordered[-1] - median) / spread)
+
+
+def _contributions(method: str, hits: Sequence[ChannelHit], weight: float, rrf_k: int,
+                   floor: float | None) -> list[float]:
+    """What each of a channel's (deduplicated) hits adds to its image's fused score;
+    ``weight`` already holds the channel's per-query confidence where the method uses one."""
+    scores = [float(h.score) for h in hits]
+    if method in ("rrf", "wrrf"):
+        return [weight / (rrf_k + rank) for rank in range(1, len(hits) + 1)]
+    if not scores:
+        return []
+    if method == "zscore":
+        mean = sum(scores) / len(scores)
+        std = (sum((v - mean) ** 2 for v in scores) / len(scores)) ** 0.5
+        low = min(scores)
+        return [weight * ((v - low) / std if std > 0 else 1.0) for v in scores]
+    # minmax (Weaviate's relativeScore) and confidence: best hit 1, worst (or the floor) 0
+    low = min(scores) if floor is None else min(min(scores), floor)
+    high = max(scores)
+    normed = [(v - low) / (high - low) if high > low else 1.0 for v in scores]
+    return [weight * v for v in normed]
+
+
+def confidence_weights(channels: Mapping[str, Sequence[ChannelHit]]) -> dict[str, float]:
+    """Each channel's per-query weight: its :func:`confidence` (0 for a flat list, rising
+    linearly with the top's clearance). When no channel stands clear at all, every channel
+    weighs 1 (plain fusion)."""
+    out = {name: confidence([float(h.score) for h in dedupe(hits)]) for name, hits in channels.items()}
+    return out if any(out.values()) else {name: 1.0 for name in channels}
+
+
 def fuse(channels: Mapping[str, Sequence[ChannelHit]], weights: Mapping[str, float], rrf_k: int = 60,
-         tiers: Mapping[str, float] | None = None) -> list[tuple[int, float, dict[str, dict]]]:
+         tiers: Mapping[str, float] | None = None, method: str = "rrf",
+         floors: Mapping[str, float] | None = None) -> list[tuple[int, float, dict[str, dict]]]:
     """(image id, fused score, evidence) for every image any channel returned, best first.
+
+    ``method`` (see :data:`METHODS` and the module docstring) decides what each channel's
+    hits add; ``weights[channel]`` multiplies it in every method. ``floors`` (default
+    :data:`FLOORS`) are the channels' scores for images they did not return.
 
     ``tiers[channel]`` = the score from which that channel's hits rank first (their
     evidence says ``"tier": true``; their fused score gains the most any other hit can
     reach, so scores still fall with rank). Ties are broken by the best single rank, then
     by id, so the order is deterministic.
     """
+    if method not in METHODS:
+        raise ValueError(f"unknown fusion method {method!r}; one of {', '.join(METHODS)}")
+    floors = FLOORS if floors is None else floors
     scores: dict[int, float] = {}
     best_rank: dict[int, int] = {}
     evidence: dict[int, dict[str, dict]] = {}
     tiered: set[int] = set()
     single = len(channels) == 1
+    confident = confidence_weights(channels) if method in ("wrrf", "confidence") and not single else {}
     for name, hits in channels.items():
-        weight = float(weights.get(name, 1.0))
-        for rank, hit in enumerate(dedupe(hits), 1):
+        weight = float(weights.get(name, 1.0)) * confident.get(name, 1.0)
+        unique = dedupe(hits)
+        gains = [float(h.score) for h in unique] if single else \
+            _contributions(method, unique, weight, rrf_k, floors.get(name))
+        for rank, (hit, gained) in enumerate(zip(unique, gains), 1):
             entry: dict = {"rank": rank, "score": round(float(hit.score), 6)}
             if hit.text is not None:
                 entry["text"] = hit.text
@@ -84,11 +174,13 @@ def fuse(channels: Mapping[str, Sequence[ChannelHit]], weights: Mapping[str, flo
                 entry["tier"] = True
                 tiered.add(hit.image_id)
             evidence.setdefault(hit.image_id, {})[name] = entry
-            gained = float(hit.score) if single else weight / (rrf_k + rank)
             scores[hit.image_id] = scores.get(hit.image_id, 0.0) + gained
             best_rank[hit.image_id] = min(best_rank.get(hit.image_id, rank), rank)
     if tiered and not single:
-        lift = sum(float(weights.get(name, 1.0)) for name in channels) / (rrf_k + 1)
+        if method == "rrf":
+            lift = sum(float(weights.get(name, 1.0)) for name in channels) / (rrf_k + 1)
+        else:
+            lift = max(scores.values()) + 1e-9
         for i in tiered:
             scores[i] += lift
     order = sorted(scores, key=lambda i: (-scores[i], best_rank[i], i))

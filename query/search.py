@@ -172,7 +172,8 @@ class SearchService:
         ``must``, find the URIs the text channels do not know, cut to k."""
         found = {name: q.found.get(name, []) for name in self.channels if name in q.channels}
         uris = q.uris
-        fused = fuse(found, self._weights, self.settings.fusion_rrf_k, tiers=self._tiers)
+        fused = fuse(found, self._weights, self.settings.fusion_rrf_k, tiers=self._tiers,
+                     method=self.settings.fusion)
         if q.must:
             keep = self.texts.images_containing([i for i, _, _ in fused], q.must)
             fused = [f for f in fused if f[0] in keep]

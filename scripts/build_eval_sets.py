@@ -9,7 +9,7 @@ against a rebuild when both are present).
 Sets (format: README "Evaluation"):
 - ``evalsets/neardup/``: a folder per photo holding its original and Copydays-style copies
   (crops keeping >= 70% of the area, resizes, JPEG quality 30-90, rotations <= 10 degrees,
-  text overlays, one combination), plus ``_distractors/`` (distinct photos that are no
+  text overlays, one combination, a horizontal mirror), plus ``_distractors/`` (distinct photos that are no
   one's duplicate).
 - ``evalsets/ocr/``: words, codes/serial numbers and sentences rendered onto tiles of other
   photos, with ``queries.jsonl``: the exact word or code (relevant: its image) and two
@@ -31,7 +31,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 ROOT = Path(__file__).resolve().parents[1]
 FONT_DIR = Path("/usr/share/fonts/truetype/dejavu")
@@ -210,6 +210,8 @@ def copies(original: Image.Image, rng: np.random.Generator) -> dict[str, bytes]:
                    float(rng.uniform(-5, 5)))
     combo = overlay_caption(fit(combo, int(rng.integers(160, 220))), OVERLAYS[int(rng.integers(len(OVERLAYS)))], rng)
     out["combo"] = jpeg(combo, int(rng.integers(30, 50)))
+    # last, and drawing nothing from rng, so the copies above stay byte-identical (issue 18)
+    out["mirror"] = jpeg(ImageOps.mirror(original), 90)
     return out
 
 

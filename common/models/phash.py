@@ -18,12 +18,18 @@ whose black corners and shifted borders move every coefficient. This hash
 And at query time :func:`phash_query_vectors` also hashes shifted crops and small rotations
 of the query image; the channel keeps each indexed image's best match. That lifts the
 ranking to mAP 0.97 on the set (crops 0.92, rotations 0.99); figures in bench/RESULTS.md.
+
+Mirrors (issue 18): the hash is not flip-invariant (a horizontal flip negates every
+coefficient of odd horizontal frequency, about half the bits), so the query is also hashed
+mirrored, with the same crops and rotations of the mirror. The stored hash stays the plain
+image's: the duplicate listing (stored hash against stored hash) and its distances are
+unchanged, and a flip-invariant stored hash would spend bits on symmetry instead of detail.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 _N = 32
 # Orthonormal DCT-II matrix: coefficients = D @ X @ D.T.
@@ -64,13 +70,16 @@ def score_for_hamming(distance: int) -> float:
     return 64.0 - 2.0 * distance
 
 
-def query_variants(image: Image.Image) -> list[Image.Image]:
-    """The image itself, then crops at 9 places for 2 sizes and 4 small rotations.
+def query_variants(image: Image.Image, mirrored: bool = True) -> list[Image.Image]:
+    """The image itself, then crops at 9 places for 2 sizes and 4 small rotations; with
+    ``mirrored``, the same 23 again for the horizontally flipped image (46 in all).
 
     An indexed copy that is a crop or a rotation of the query matches one of these much
     better than the query itself; a copy that the query is a crop of is met from the other
     side when that copy is the query (the stored hash is always of the whole image)."""
     image = image.convert("RGB")
+    if mirrored:
+        return query_variants(image, False) + query_variants(ImageOps.mirror(image), False)
     out = [image]
     w, h = image.size
     for side in _CROP_SIDES:

@@ -52,9 +52,18 @@ def test_query_variants_reach_a_crop_the_whole_image_misses():
     original = Image.open(NEARDUP / "rocket" / "original.jpg")
     crop = bits(NEARDUP / "rocket" / "crop70.jpg")
     variants = query_variants(original)
-    assert len(variants) == 23 and variants[0].size == original.size
+    assert len(variants) == 46 and variants[0].size == original.size
     direct = int((phash_bits(original) != crop).sum())
     best = min(int((phash_bits(v) != crop).sum()) for v in variants)
     assert best < direct
     vectors = phash_query_vectors(original)
-    assert vectors[0] == phash_vector(original) and len(vectors) == 23
+    assert vectors[0] == phash_vector(original) and len(vectors) == 46
+
+
+def test_a_mirrored_copy_is_far_from_the_stored_hash_but_met_by_the_mirrored_variants():
+    original = Image.open(NEARDUP / "rocket" / "original.jpg")
+    mirror = bits(NEARDUP / "rocket" / "mirror.jpg")
+    assert int((phash_bits(original) != mirror).sum()) > 12  # the plain hash is not flip-invariant
+    assert len(query_variants(original, mirrored=False)) == 23
+    best = min(int((phash_bits(v) != mirror).sum()) for v in query_variants(original))
+    assert best <= 4

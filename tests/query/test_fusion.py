@@ -62,3 +62,75 @@ def test_a_tier_keeps_a_single_channels_order_and_scores():
     fused = fuse({"phash": hits}, {}, tiers={"phash": 40})
     assert [(i, s) for i, s, _ in fused] == [(1, 50.0), (2, 30.0)]
     assert fused[0][2]["phash"]["tier"] is True
+
+
+# -- fusion methods (issue 18) -------------------------------------------------------------
+# A query one channel knows (a code: bm25 finds its image far above the rest) and one
+# channel does not (clip on a serial number: a flat list, the right image far down).
+KNOWING = [ChannelHit(1, 14.0, "INV-44768-WS", "ocr")] + [ChannelHit(i, 1.5 - i / 100, "x", "ocr") for i in range(2, 8)]
+FLAT = [ChannelHit(i, 0.30 - i / 1000) for i in range(2, 60)] + [ChannelHit(1, 0.2)]
+
+
+def test_confidence_of_a_flat_list_is_low_and_of_a_clear_top_is_high():
+    from query.fusion import confidence
+
+    assert confidence([0.30 - i / 1000 for i in range(60)]) < 2.5
+    assert confidence([h.score for h in KNOWING]) > 20
+    assert confidence([h.score for h in FLAT]) < 2.5
+    assert confidence([5.0] * 10) == 0.0 and confidence([1.0, 0.5]) == 0.0  # nothing stands out; too few
+
+
+@pytest.mark.parametrize("method", ["wrrf", "confidence"])
+def test_confidence_methods_follow_the_channel_that_knows(method):
+    channels = {"clip": FLAT, "bm25": KNOWING}
+    # equal-weight RRF: image 2 (clip #1, bm25 #2) wins
+    assert [i for i, _, _ in fuse(channels, {}, method="rrf")][0] == 2
+    assert [i for i, _, _ in fuse(channels, {}, method=method)][0] == 1
+
+
+@pytest.mark.parametrize("method", ["rrf", "wrrf", "minmax", "zscore", "confidence"])
+def test_every_method_ranks_agreement_first_keeps_evidence_and_falling_scores(method):
+    channels = {"clip": [ChannelHit(1, 0.9), ChannelHit(2, 0.5), ChannelHit(3, 0.4), ChannelHit(4, 0.1)],
+                "dense": [ChannelHit(1, 0.8), ChannelHit(3, 0.5), ChannelHit(5, 0.45), ChannelHit(6, 0.2)]}
+    fused = fuse(channels, {}, method=method)
+    assert fused[0][0] == 1 and {i for i, _, _ in fused} == {1, 2, 3, 4, 5, 6}
+    assert fused[0][2] == {"clip": {"rank": 1, "score": 0.9}, "dense": {"rank": 1, "score": 0.8}}
+    scores = [s for _, s, _ in fused]
+    assert scores == sorted(scores, reverse=True)
+    assert [i for i, _, _ in fuse(channels, {"clip": 0.0}, method=method)][:2] == [1, 3]  # weights still apply
+
+
+def test_min_max_fusion_is_relative_score():
+    channels = {"clip": [ChannelHit(1, 0.9), ChannelHit(2, 0.6), ChannelHit(3, 0.3)],
+                "bm25": [ChannelHit(3, 10.0), ChannelHit(1, 5.0)]}
+    got = {i: s for i, s, _ in fuse(channels, {}, method="minmax")}
+    # clip: 1 -> 1, 2 -> 0.5, 3 -> 0; bm25 against its floor 0: 3 -> 1, 1 -> 0.5
+    assert got == pytest.approx({1: 1.5, 2: 0.5, 3: 1.0})
+
+
+@pytest.mark.parametrize("method", ["rrf", "wrrf", "minmax", "zscore", "confidence"])
+def test_tiers_and_single_channels_hold_in_every_method(method):
+    channels = {"clip": [ChannelHit(2, 0.9), ChannelHit(3, 0.8)], "dense": [ChannelHit(2, 0.7), ChannelHit(3, 0.6)],
+                "phash": [ChannelHit(7, 56.0), ChannelHit(3, 30.0)]}
+    fused = fuse(channels, {}, tiers={"phash": 40}, method=method)
+    assert fused[0][0] == 7 and fused[0][2]["phash"]["tier"] is True
+    scores = [s for _, s, _ in fused]
+    assert scores == sorted(scores, reverse=True)
+    single = fuse({"clip": [ChannelHit(5, 0.31), ChannelHit(9, 0.30)]}, {}, method=method)
+    assert [(i, s) for i, s, _ in single] == [(5, 0.31), (9, 0.30)]
+
+
+def test_an_unknown_method_is_refused():
+    with pytest.raises(ValueError, match="unknown fusion method"):
+        fuse({"clip": []}, {}, method="borda")
+
+
+def test_settings_list_the_methods_fusion_has():
+    from common.errors import ConfigError
+    from common.settings import Settings
+    from query.fusion import METHODS
+
+    for method in METHODS:
+        assert Settings.from_env({"IMGSEARCH_FUSION": method}).fusion == method
+    with pytest.raises(ConfigError, match="IMGSEARCH_FUSION must be one of rrf, wrrf, minmax, zscore, confidence"):
+        Settings.from_env({"IMGSEARCH_FUSION": "borda"})
