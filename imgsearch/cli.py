@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from imgsearch import cli_distributed, cli_eval, cli_query, cli_reindex
+from imgsearch.hits_output import print_hits
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 
@@ -159,19 +160,6 @@ def cmd_search(args, settings) -> int:
     search = cli_query.search_via_queue if settings.redis_url else cli_query.search_in_process
     print_hits(search(args, settings), args.json)
     return EXIT_OK
-
-
-def print_hits(hits, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps([h.to_dict() for h in hits], indent=2))
-        return
-    if not hits:
-        print("no results")
-    for rank, hit in enumerate(hits, 1):
-        print(f"{rank:>3}  {hit.score:7.4f}  {hit.id:>20}  {hit.uri}")
-        for channel, ev in (getattr(hit, "evidence", None) or {}).items():
-            text = f"  {ev['kind']}: {ev['text']!r}" if ev.get("text") is not None else ""
-            print(f"{'':>14}{channel:<6} #{ev['rank']:<4} {ev['score']:9.4f}{text}")
 
 
 def cmd_demo(args, settings) -> int:

@@ -62,8 +62,8 @@ def call(url: str, settings, method: str = "GET", body: dict | None = None, time
 
 
 def search_via_server(args, settings, base: str) -> int:
-    from imgsearch.cli import print_hits
     from imgsearch.cli_query import checked_query, parse_channels, parse_where
+    from imgsearch.hits_output import print_hits
     from query.fusion import FusedHit
 
     query = checked_query(args, settings)
