@@ -126,11 +126,14 @@ def index_embedded(uri: str, settings: Settings) -> dict:
 
 def index_distributed(uri: str, settings: Settings) -> dict:
     """Submit a job for one object; it is searchable once the job's embed stage is done."""
+    import glob
+
     from ingest.distributed import submit
 
     location, obj = _object(uri, settings)
     name = location.rsplit("/", 1)[-1]
-    job_id = submit(location, settings, (name,))
+    # the key is the listing prefix; the include pattern keeps exactly that name ("a.png", not "a.png2")
+    job_id = submit(location, settings, (glob.escape(name),))
     return {"id": str(image_id(obj.uri)), "uri": obj.uri, "status": "queued", "searchable": False, "job": job_id,
             "searchable_when": f"job {job_id} has finished its embed stage: GET /v1/jobs/{job_id}"}
 

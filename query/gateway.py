@@ -12,7 +12,9 @@ as an ``s3://`` URI that a worker fetches from an allowed bucket. Endpoints:
 - ``GET /healthz`` (the process answers), ``GET /readyz`` (Redis answers and at least one
   warm worker sent a heartbeat recently);
 - ``GET /metrics`` (Prometheus: requests, latency, worker batch sizes, queue depth);
-- the OpenAPI schema at ``/openapi.json`` and docs at ``/docs``.
+- the OpenAPI schema at ``/openapi.json`` and docs at ``/docs``;
+- with an indexer (``imgsearch serve`` passes one): ``/v1/images`` and ``/v1/jobs``
+  (:mod:`query.indexing`), writes behind ``IMGSEARCH_GATEWAY_INDEX_KEY`` when it is set.
 
 Trusted hosts, the key and body limits are checked at the ASGI level before any route
 runs (:mod:`query.guard`). JSON bodies use the protocol's strict types (``"k": "10"`` and
