@@ -1,6 +1,6 @@
 """The evaluation sets, measured: the perceptual hash and every search channel, in one run.
 
-Part 1, hashes (exact, in numpy, no Milvus): over ``evalsets/neardup`` (12 photos x 12
+Part 1, hashes (exact, in numpy, no Milvus): over ``evalsets/neardup`` (12 photos x 13
 copies + distractors), the textbook DCT pHash, this project's windowed zigzag hash, and that
 hash with the query-time variants (what the ``phash`` channel does), side by side: mAP with
 every copy as query, the closest pair of distinct photos, and at the duplicate threshold
@@ -50,11 +50,12 @@ ROOT = Path(__file__).resolve().parents[1]
 SETS = {"neardup": ROOT / "evalsets" / "neardup", "ocr": ROOT / "evalsets" / "ocr", "mixed": ROOT / "evalsets"}
 HASH_SECTION = """## bench/eval.py — perceptual hash on the near-duplicate set
 
-`evalsets/neardup`: 12 photos x (original + 11 Copydays-style copies) + 41 distractors; every
-image of a group is a query, the other 11 are relevant. Exact hamming distances in numpy.
-textbook = sign of the 8x8 lowest DCT coefficients vs their median; windowed = this
-project's hash (Hann window, 64 zigzag AC coefficients, sign); +variants = the query also
-hashed as 18 shifted crops and 4 small rotations, best match kept (the `phash` channel).
+`evalsets/neardup`: 12 photos x (original + 12 Copydays-style copies, a mirror among them
+since issue 18) + 41 distractors; every image of a group is a query, the other 12 are
+relevant. Exact hamming distances in numpy. textbook = sign of the 8x8 lowest DCT
+coefficients vs their median; windowed = this project's hash (Hann window, 64 zigzag AC
+coefficients, sign); +variants = the query also hashed as 18 shifted crops and 4 small
+rotations, and those 23 of its mirror, best match kept (the `phash` channel).
 
 | date | command | hash | mAP | AP crop70 / rotate10 / watermark | closest distinct pair (bits) \
 | at threshold T: true pairs found, false pairs | machine |
