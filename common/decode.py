@@ -31,6 +31,13 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+def _resized(w: int, h: int, size: int) -> tuple[int, int]:
+    """Shorter side to ``size``, the longer one truncated as torchvision's Resize does."""
+    if w <= h:
+        return size, int(size * h / w)
+    return int(size * w / h), size
+
+
 def decode_resize(data: bytes, size: int, max_pixels: int = 100_000_000) -> np.ndarray:
     """Bytes -> (3, size, size) uint8: shorter side to ``size`` (bicubic), centre crop."""
     Image.MAX_IMAGE_PIXELS = max_pixels
@@ -41,11 +48,9 @@ def decode_resize(data: bytes, size: int, max_pixels: int = 100_000_000) -> np.n
         if scale >= 2:  # decode at 1/2, 1/4 or 1/8 of the size, never below the target
             img.draft("RGB", (max(size, int(w / scale * 1.0001)), max(size, int(h / scale * 1.0001))))
     img = img.convert("RGB")
-    w, h = img.size
-    ratio = size / min(w, h)
-    nw, nh = max(size, round(w * ratio)), max(size, round(h * ratio))
+    nw, nh = _resized(*img.size, size)
     img = img.resize((nw, nh), Image.Resampling.BICUBIC)
-    left, top = (nw - size) // 2, (nh - size) // 2
+    left, top = round((nw - size) / 2), round((nh - size) / 2)  # torchvision's CenterCrop
     img = img.crop((left, top, left + size, top + size))
     return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy()
 
@@ -94,11 +99,9 @@ def decode_resize_torch(datas: Sequence[bytes], size: int, device: str = "cpu"):
     images = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
     out = torch.empty((len(images), 3, size, size), dtype=torch.uint8, device=device)
     for n, img in enumerate(images):  # shapes differ: one resize each, all on the device
-        h, w = img.shape[1:]
-        ratio = size / min(h, w)
-        nh, nw = max(size, round(h * ratio)), max(size, round(w * ratio))
+        nw, nh = _resized(img.shape[2], img.shape[1], size)
         resized = F.interpolate(img[None].float(), size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)
-        top, left = (nh - size) // 2, (nw - size) // 2
+        top, left = round((nh - size) / 2), round((nw - size) / 2)
         out[n] = resized[0, :, top:top + size, left:left + size].clamp_(0, 255).round_().to(torch.uint8)
     return out
 

@@ -185,7 +185,7 @@ class Settings:
     ocr_min_confidence: float = field(default=0.5, metadata={
         "help": "OCR lines recognised with a lower confidence are dropped."})
     ocr_threads: int = field(default=0, metadata={
-        "help": "onnxruntime threads per OCR session (0: one per core)."})
+        "help": "Images OCR detects at once, one onnxruntime thread each (0: one per core; GPU: one)."})
     ocr_gate_side: int = field(default=320, metadata={
         "help": "OCR first runs the text detector at this longer side; images with no text there "
                 "skip full detection and recognition (0: no gate)."})

@@ -139,6 +139,11 @@ class RapidOcrModel(OcrModel):
             out[i] = sorted(kept, key=lambda ln: (round(ln.box[1] / 10), ln.box[0]))
         return out
 
+    def _unload(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+        self.engine = None
+
     @property
     def timings(self):
         """Seconds spent per step since load (gate, det, cls, rec) and images per outcome."""

@@ -207,6 +207,12 @@ class PpOcrEngine:
                                                "requested": device, "threads": self.threads,
                                                "intra_threads": intra_threads})
 
+    def close(self) -> None:
+        """Stop the detection threads (the sessions go with the engine)."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=False)
+        self.sessions = {}
+
     # -- the steps ----------------------------------------------------------------------------
     def _run(self, key: str, batch: np.ndarray) -> np.ndarray:
         return self.sessions[key].run(None, {self.inputs[key]: batch})[0]
