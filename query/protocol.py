@@ -98,7 +98,8 @@ class Request:
 
     @property
     def plain_clip(self) -> bool:
-        """Only the CLIP channel and no keyword refinement: the worker's fastest path."""
+        """Only the CLIP channel and no keyword refinement (answered on the one search path,
+        :meth:`query.search.SearchService.search_many`, like every other request)."""
         return self.channels == ("clip",) and not self.must
 
     @property
