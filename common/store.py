@@ -319,7 +319,10 @@ class ImageStore:
             expr = f"id in {ids[start:start + QUERY_IDS]}"
             if filter_expr:
                 expr = f"({expr}) and ({filter_expr})"
-            rows = self.client.query(self.alias, filter=expr, output_fields=["id", "uri"])
+            rows = None if self.settings.milvus_uri else lite_search.direct_query(
+                self.settings.effective_milvus_uri(), self.alias, expr, ["id", "uri"])
+            if rows is None:
+                rows = self.client.query(self.alias, filter=expr, output_fields=["id", "uri"])
             found.update({int(r["id"]): r["uri"] for r in rows})
         return found
 
