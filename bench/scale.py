@@ -104,6 +104,12 @@ def build_store(settings: Settings, vectors: np.ndarray) -> tuple[ImageStore, fl
                        "model": "bench-vectors", "clip": v, "phash": [1.0] * 64}
                       for i, v in enumerate(vectors[s:s + ROWS_PER_UPSERT])])
     store.flush()
+    if settings.vector_index != "FLAT":  # embedded: wait until the background index builds are done
+        until = time.monotonic() + 3600
+        while lite_search.indexes_ready(settings.effective_milvus_uri(), store.physical_name(), "clip") is False:
+            if time.monotonic() > until:
+                raise SystemExit("Milvus Lite did not finish building its indexes in an hour")
+            time.sleep(1)
     store.search([vectors[0]], K)  # first search loads/builds what is lazy
     return store, time.perf_counter() - t0
 

@@ -212,6 +212,30 @@ def live_masks(segments, mt_pks, mt_seqs, delta_map: dict, mt_deletes: dict, del
     return masks, mt_mask
 
 
+def _exact_ip(vectors: np.ndarray, queries: np.ndarray, top_k: int, mask: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k by inner product over the rows of ``mask``, as Milvus Lite's brute force
+    returns it (row ids, distance = -score, ascending; -1/inf padding) but without copying
+    the live rows out first (its ``vectors[valid]`` copies the whole segment per query)."""
+    nq = len(queries)
+    ids = np.full((nq, top_k), -1, dtype=np.int64)
+    dists = np.full((nq, top_k), np.inf, dtype=np.float32)
+    scores = queries @ vectors.T  # (nq, n)
+    if not mask.all():
+        scores[:, ~mask] = -np.inf
+    k = min(top_k, int(mask.sum()))
+    if k == 0:
+        return ids, dists
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < scores.shape[1] else \
+        np.tile(np.arange(scores.shape[1]), (nq, 1))
+    for q in range(nq):
+        cand = part[q]
+        order = cand[np.lexsort((cand, -scores[q, cand]))][:k]  # best first, ties by row
+        ids[q, :k] = order
+        dists[q, :k] = -scores[q, order]
+    return ids, dists
+
+
 def execute_search_fast(query_vectors, segments, memtable, delta_index, top_k, metric_type, pk_field,
                         vector_field, partition_names=None, compiled_filter=None, output_fields=None,
                         indexed_filter_plan=None, project_record_fn=None, search_params=None):
@@ -255,10 +279,13 @@ def execute_search_fast(query_vectors, segments, memtable, delta_index, top_k, m
     def recall(source_idx: int, vectors, mask: np.ndarray, index) -> None:
         if not mask.any():
             return
-        if index is None:
-            index = BruteForceIndex.build(vectors, metric_type)
-        local_ids, dists = index.search(query_vectors, top_k, valid_mask=None if mask.all() else mask,
-                                        params=search_params)
+        if metric_type == "IP" and (index is None or isinstance(index, BruteForceIndex)):
+            local_ids, dists = _exact_ip(vectors, query_vectors, top_k, mask)
+        else:
+            if index is None:
+                index = BruteForceIndex.build(vectors, metric_type)
+            local_ids, dists = index.search(query_vectors, top_k, valid_mask=None if mask.all() else mask,
+                                            params=search_params)
         for q in range(nq):
             row_ids, row_d = local_ids[q], dists[q]
             for j in range(min(top_k, len(row_ids))):
@@ -700,6 +727,17 @@ def direct_search(db_path: str, name: str, data: list, anns_field: str, limit: i
     return coll.search(query_vectors=data, top_k=limit, metric_type=search_params.get("metric_type"),
                        expr=expr or None, output_fields=list(output_fields), anns_field=anns_field,
                        search_params=search_params.get("params") or None)
+
+
+def indexes_ready(db_path: str, name: str, field: str) -> bool | None:
+    """Whether every sealed segment of ``name`` has its ``field`` index attached (Milvus Lite
+    builds them on a background thread after a flush; until then that segment is scanned).
+    None when the collection is not local."""
+    coll = local_collection(db_path, name)
+    if coll is None:
+        return None
+    segments = coll._segments_snapshot()
+    return all(field in s.indexes for s in segments if s.num_rows > 0)
 
 
 def direct_query(db_path: str, name: str, expr: str, output_fields: list[str]) -> list[dict] | None:
