@@ -740,15 +740,6 @@ def indexes_ready(db_path: str, name: str, field: str) -> bool | None:
     return all(field in s.indexes for s in segments if s.num_rows > 0)
 
 
-def direct_query(db_path: str, name: str, expr: str, output_fields: list[str]) -> list[dict] | None:
-    """``MilvusClient.query`` on a collection of this process's Milvus Lite, without gRPC
-    (None when the collection is not local)."""
-    coll = local_collection(db_path, name)
-    if coll is None:
-        return None
-    return coll.query(expr=expr or None, output_fields=list(output_fields))
-
-
 # -- the delete index, versioned ---------------------------------------------------------------
 # Every read takes a frozen copy of the delete index (a dict copy per query, O(deletes)). With
 # a version bumped around each change, an unchanged index hands out the same frozen copy,
