@@ -202,6 +202,9 @@ def main() -> int:
                             help="queries with Milvus Lite's own executor (0: skip)")
     scale_args.add_argument("--server-max", type=int, default=100_000,
                             help="largest size also measured through a milvus-lite server")
+    scale_args.add_argument("--hybrid", action="store_true",
+                            help="also the fused text search (clip+bm25+dense) through SearchService")
+    scale_args.add_argument("--hybrid-queries", type=int, default=40)
     args = parser.parse_args()
     stop_cleanly_on_sigterm()
     if args.scale:
@@ -283,7 +286,8 @@ def scale_main(args) -> int:
                 "## bench/query.py --scale — the CLIP channel by collection size\n\n"
                 "Per size: p50/p99 ms of one k=10 query and recall@10 against an exact numpy scan of the same "
                 "vectors: numpy itself, raw faiss HNSW, `ImageStore.search` on embedded Milvus Lite (fast "
-                "executor; `-own`: Milvus Lite's own), and through a `milvus-lite server` (IVF_FLAT).\n\n"
+                "executor; `-own`: Milvus Lite's own), through a `milvus-lite server` (IVF_FLAT), and "
+                "`hybrid`: SearchService text search fused over clip+bm25+dense (embedded).\n\n"
                 "| date | command | vectors | data | p50/p99 ms and recall@10 per path | machine |\n"
                 "|---|---|---|---|---|---|\n"))
     return 0

@@ -28,6 +28,7 @@ Lite version this was not written against, falls back to the original executor.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
@@ -80,6 +81,7 @@ class _Cache:
     def __init__(self) -> None:
         self.keys: dict[int, _SegmentKeys] = {}
         self.winners: dict[tuple[int, ...], list[np.ndarray]] = {}
+        self.after_delta: dict[tuple, list[np.ndarray]] = {}
         self.lock = threading.Lock()
 
     def segment_keys(self, segments) -> list[_SegmentKeys]:
@@ -151,7 +153,7 @@ def _kill_older(keys: _SegmentKeys, mask: np.ndarray, pks: np.ndarray, seqs: np.
         mask[rows[older]] = False
 
 
-def live_masks(segments, mt_pks, mt_seqs, delta_map: dict, mt_deletes: dict
+def live_masks(segments, mt_pks, mt_seqs, delta_map: dict, mt_deletes: dict, delta_key=None
                ) -> tuple[list[np.ndarray], np.ndarray] | None:
     """Liveness of every sealed-segment row and memtable row, Milvus Lite's rules vectorised:
     a row is live when its seq is its key's highest over segments and memtable, and no
@@ -164,26 +166,37 @@ def live_masks(segments, mt_pks, mt_seqs, delta_map: dict, mt_deletes: dict
     if mt_keys is None:
         return None
     mt_seq_arr = np.asarray(mt_seqs, dtype=np.int64)
-    base = _cache.newest(seg_keys)
-    masks = [m.copy() for m in base]
-    # Tombstones: the delete index (pk -> delete seq) and the memtable's pending deletes.
-    del_pks = _int_keys(list(delta_map.keys())) if delta_map else np.empty(0, dtype=np.int64)
-    if del_pks is None:
-        return None
-    del_seqs = np.fromiter(delta_map.values(), dtype=np.int64, count=len(delta_map)) if delta_map \
-        else np.empty(0, dtype=np.int64)
+    # Sealed rows after the delete index: cached per (segments, delete-index version), since
+    # upserts leave a tombstone per replaced key and re-reading them per query is O(deletes).
+    sig = (tuple(id(k.segment) for k in seg_keys), delta_key)
+    masks = _cache.after_delta.get(sig) if delta_key is not None else None
+    if masks is None:
+        masks = [m.copy() for m in _cache.newest(seg_keys)]
+        del_pks = _int_keys(list(delta_map.keys())) if delta_map else np.empty(0, dtype=np.int64)
+        if del_pks is None:
+            return None
+        del_seqs = np.fromiter(delta_map.values(), dtype=np.int64, count=len(delta_map)) if delta_map \
+            else np.empty(0, dtype=np.int64)
+        for keys, mask in zip(seg_keys, masks):
+            _kill_older(keys, mask, del_pks, del_seqs)
+        if delta_key is not None:
+            with _cache.lock:
+                if len(_cache.after_delta) > 8:
+                    _cache.after_delta.clear()
+                _cache.after_delta[sig] = masks
+    masks = [m.copy() for m in masks]
+    # Per query: the memtable's pending deletes and its rows shadow older sealed versions.
+    md_pks, md_seqs = np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
     if mt_deletes:
         md_pks = _int_keys(list(mt_deletes.keys()))
         if md_pks is None:
             return None
         md_seqs = np.fromiter((v[0] for v in mt_deletes.values()), dtype=np.int64, count=len(mt_deletes))
-        del_pks = np.concatenate([del_pks, md_pks])
-        del_seqs = np.concatenate([del_seqs, md_seqs])
-    # Memtable rows newer than a segment's version shadow it, like a tombstone would.
-    shadow_pks = np.concatenate([del_pks, mt_keys])
-    shadow_seqs = np.concatenate([del_seqs, mt_seq_arr])
-    for keys, mask in zip(seg_keys, masks):
-        _kill_older(keys, mask, shadow_pks, shadow_seqs)
+    shadow_pks = np.concatenate([md_pks, mt_keys])
+    shadow_seqs = np.concatenate([md_seqs, mt_seq_arr])
+    if len(shadow_pks):
+        for keys, mask in zip(seg_keys, masks):
+            _kill_older(keys, mask, shadow_pks, shadow_seqs)
     # Memtable rows: newest among themselves, not older than a segment version, not deleted.
     mt_mask = _newest_masks([mt_keys], [mt_seq_arr])[0] if len(mt_keys) else np.zeros(0, dtype=bool)
     if len(mt_keys):
@@ -191,21 +204,36 @@ def live_masks(segments, mt_pks, mt_seqs, delta_map: dict, mt_deletes: dict
             rows, which = keys.rows_of(mt_keys)
             if len(rows):
                 mt_mask[which[keys.seqs[rows] > mt_seq_arr[which]]] = False
-        if len(del_pks):
-            keys_u, max_seq = _max_per_key(del_pks, del_seqs)
-            pos = np.minimum(np.searchsorted(keys_u, mt_keys), len(keys_u) - 1)
-            deleted = (keys_u[pos] == mt_keys) & (max_seq[pos] > mt_seq_arr)
-            mt_mask[deleted] = False
+        # tombstones of the memtable's own keys, looked up key by key (O(memtable), not O(deletes))
+        mt_list = mt_keys.tolist()
+        deleted_at = np.fromiter((max(delta_map.get(pk, -1), mt_deletes[pk][0] if pk in mt_deletes else -1)
+                                  for pk in mt_list), dtype=np.int64, count=len(mt_list))
+        mt_mask[deleted_at > mt_seq_arr] = False
     return masks, mt_mask
 
 
-def _max_per_key(pks: np.ndarray, seqs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(sorted unique keys, the largest seq of each)."""
-    order = np.lexsort((seqs, pks))
-    sorted_pks, sorted_seqs = pks[order], seqs[order]
-    last = np.ones(len(sorted_pks), dtype=bool)
-    last[:-1] = sorted_pks[:-1] != sorted_pks[1:]
-    return sorted_pks[last], sorted_seqs[last]
+def _exact_ip(vectors: np.ndarray, queries: np.ndarray, top_k: int, mask: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k by inner product over the rows of ``mask``, as Milvus Lite's brute force
+    returns it (row ids, distance = -score, ascending; -1/inf padding) but without copying
+    the live rows out first (its ``vectors[valid]`` copies the whole segment per query)."""
+    nq = len(queries)
+    ids = np.full((nq, top_k), -1, dtype=np.int64)
+    dists = np.full((nq, top_k), np.inf, dtype=np.float32)
+    scores = queries @ vectors.T  # (nq, n)
+    if not mask.all():
+        scores[:, ~mask] = -np.inf
+    k = min(top_k, int(mask.sum()))
+    if k == 0:
+        return ids, dists
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < scores.shape[1] else \
+        np.tile(np.arange(scores.shape[1]), (nq, 1))
+    for q in range(nq):
+        cand = part[q]
+        order = cand[np.lexsort((cand, -scores[q, cand]))][:k]  # best first, ties by row
+        ids[q, :k] = order
+        dists[q, :k] = -scores[q, order]
+    return ids, dists
 
 
 def execute_search_fast(query_vectors, segments, memtable, delta_index, top_k, metric_type, pk_field,
@@ -234,7 +262,8 @@ def execute_search_fast(query_vectors, segments, memtable, delta_index, top_k, m
     delta_map = getattr(delta_index, "_map", None)
     if not isinstance(delta_map, dict):
         return _original(*args, **kwargs)
-    live = live_masks(all_segments, mt_pks, mt_seqs, delta_map, memtable.delete_index_snapshot())
+    live = live_masks(all_segments, mt_pks, mt_seqs, delta_map, memtable.delete_index_snapshot(),
+                      getattr(delta_index, "_imgsearch_key", None))
     if live is None:
         return _original(*args, **kwargs)
     seg_masks, mt_mask = live
@@ -250,10 +279,13 @@ def execute_search_fast(query_vectors, segments, memtable, delta_index, top_k, m
     def recall(source_idx: int, vectors, mask: np.ndarray, index) -> None:
         if not mask.any():
             return
-        if index is None:
-            index = BruteForceIndex.build(vectors, metric_type)
-        local_ids, dists = index.search(query_vectors, top_k, valid_mask=None if mask.all() else mask,
-                                        params=search_params)
+        if metric_type == "IP" and (index is None or isinstance(index, BruteForceIndex)):
+            local_ids, dists = _exact_ip(vectors, query_vectors, top_k, mask)
+        else:
+            if index is None:
+                index = BruteForceIndex.build(vectors, metric_type)
+            local_ids, dists = index.search(query_vectors, top_k, valid_mask=None if mask.all() else mask,
+                                            params=search_params)
         for q in range(nq):
             row_ids, row_d = local_ids[q], dists[q]
             for j in range(min(top_k, len(row_ids))):
@@ -390,7 +422,8 @@ def build_valid_mask_fast(all_pks, all_seqs, delta_index, filter_mask=None, memt
     rows = all_pks.rows
     mt_seqs = np.asarray(all_seqs[int(rows.starts[-2]):], dtype=np.int64)
     mt_deletes = memtable.delete_index_snapshot() if memtable is not None else {}
-    live = live_masks(rows.segments, rows.mt_pks, mt_seqs, delta_map, mt_deletes)
+    live = live_masks(rows.segments, rows.mt_pks, mt_seqs, delta_map, mt_deletes,
+                      getattr(delta_index, "_imgsearch_key", None))
     if live is None:
         return _original_mask(list(all_pks[i] for i in range(len(all_pks))), all_seqs, delta_index,
                               filter_mask=filter_mask, memtable=memtable)
@@ -418,7 +451,7 @@ def _sparse_liveness(segments, memtable, delta_snap, mt_deletes):
     mt_items = list(memtable.pk_index_snapshot())
     mt_pks = [pk for pk, _ in mt_items]
     mt_seqs = np.asarray([v[2] for _, v in mt_items], dtype=np.int64)
-    live = live_masks(segs, mt_pks, mt_seqs, delta_map, mt_deletes)
+    live = live_masks(segs, mt_pks, mt_seqs, delta_map, mt_deletes, getattr(delta_snap, "_imgsearch_key", None))
     if live is None:
         return None
     seg_masks, _ = live
@@ -647,9 +680,8 @@ def search_sparse_fast(
 # Lite is therefore called on the engine's Collection directly: the same code the gRPC
 # servicer calls, with the same arguments, so the same answers.
 
-def local_collection(db_path: str, name: str):
-    """The Milvus Lite Collection behind ``name`` (a collection or alias) of the ``.db`` file
-    this process opened through pymilvus, or None (a server, or not opened here)."""
+def local_db(db_path: str):
+    """The MilvusLite database this process opened for ``db_path`` through pymilvus, or None."""
     if not _installed:
         return None
     try:
@@ -657,10 +689,30 @@ def local_collection(db_path: str, name: str):
     except ImportError:
         return None
     entry = getattr(server_manager_instance, "_servers", {}).get(os.path.abspath(db_path))
-    if not entry:
+    return entry[1] if entry else None
+
+
+def local_alias_target(db_path: str, alias: str) -> tuple[bool, str | None]:
+    """(answered, the collection ``alias`` names) from this process's Milvus Lite without
+    gRPC; (False, None) when the database is not local (ask through the client)."""
+    db = local_db(db_path)
+    if db is None:
+        return False, None
+    try:
+        target = db.resolve_collection_name(alias)
+    except Exception:
+        return False, None
+    return True, (target if target != alias else None)
+
+
+def local_collection(db_path: str, name: str):
+    """The Milvus Lite Collection behind ``name`` (a collection or alias) of the ``.db`` file
+    this process opened through pymilvus, or None (a server, or not opened here)."""
+    db = local_db(db_path)
+    if db is None:
         return None
     try:
-        return entry[1].get_collection(name)
+        return db.get_collection(name)
     except Exception:  # missing, dropped meanwhile: let the gRPC path raise its own error
         return None
 
@@ -675,6 +727,67 @@ def direct_search(db_path: str, name: str, data: list, anns_field: str, limit: i
     return coll.search(query_vectors=data, top_k=limit, metric_type=search_params.get("metric_type"),
                        expr=expr or None, output_fields=list(output_fields), anns_field=anns_field,
                        search_params=search_params.get("params") or None)
+
+
+def indexes_ready(db_path: str, name: str, field: str) -> bool | None:
+    """Whether every sealed segment of ``name`` has its ``field`` index attached (Milvus Lite
+    builds them on a background thread after a flush; until then that segment is scanned).
+    None when the collection is not local."""
+    coll = local_collection(db_path, name)
+    if coll is None:
+        return None
+    segments = coll._segments_snapshot()
+    return all(field in s.indexes for s in segments if s.num_rows > 0)
+
+
+# -- the delete index, versioned ---------------------------------------------------------------
+# Every read takes a frozen copy of the delete index (a dict copy per query, O(deletes)). With
+# a version bumped around each change, an unchanged index hands out the same frozen copy,
+# tagged with (index, version) so the liveness caches above know when to recompute.
+_DELTA_MUTATORS = ("add_batch", "add_table", "gc_below")  # rebuild_from builds a new index
+_tokens = itertools.count(1)
+
+
+def _versioned(method):
+    def wrapper(self, *args, **kwargs):
+        self._imgsearch_version = getattr(self, "_imgsearch_version", 0) + 1  # readers copy afresh meanwhile
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._imgsearch_version += 1
+    wrapper._imgsearch_original = method
+    return wrapper
+
+
+def _frozen_copy(self):
+    version = getattr(self, "_imgsearch_version", 0)
+    cached = getattr(self, "_imgsearch_frozen", None)
+    if cached is not None and cached[0] == version:
+        return cached[1]
+    token = self.__dict__.get("_imgsearch_token")
+    if token is None:
+        token = self._imgsearch_token = next(_tokens)  # unlike id(), never reused
+    copy = _frozen_copy._imgsearch_original(self)
+    copy._imgsearch_key = (token, version)
+    if getattr(self, "_imgsearch_version", 0) == version:  # nothing changed while copying
+        self._imgsearch_frozen = (version, copy)
+    return copy
+
+
+def _patch_delta_index(on: bool) -> None:
+    from milvus_lite.storage.delta_index import DeltaIndex
+
+    for name in _DELTA_MUTATORS + ("frozen_copy",):
+        current = getattr(DeltaIndex, name)
+        original = getattr(current, "_imgsearch_original", None)
+        if on and original is None:
+            if name == "frozen_copy":
+                _frozen_copy._imgsearch_original = current
+                setattr(DeltaIndex, name, _frozen_copy)
+            else:
+                setattr(DeltaIndex, name, _versioned(current))
+        elif not on and original is not None:
+            setattr(DeltaIndex, name, original)
 
 
 def milvus_lite_version() -> str | None:
@@ -707,6 +820,7 @@ def install() -> bool:
         bitmap.build_valid_mask = build_valid_mask_fast
         _original_sparse = collection.Collection._search_sparse
         collection.Collection._search_sparse = search_sparse_fast
+        _patch_delta_index(True)
         _installed = True
         return True
 
@@ -723,4 +837,5 @@ def uninstall() -> None:
             collection.assemble_candidates = _original_assemble
             bitmap.build_valid_mask = _original_mask
             collection.Collection._search_sparse = _original_sparse
+            _patch_delta_index(False)
             _installed = False

@@ -92,9 +92,12 @@ class TextStore:
         self._vec_index_types: IndexTypes | None = None  # physical name -> its vectors collection (None: legacy)
 
     def physical_name(self) -> str | None:
-        if self.alias not in (self.client.list_aliases().get("aliases") or []):
-            return None
-        name = self.client.describe_alias(self.alias).get("collection_name")
+        answered, name = (lite_search.local_alias_target(self.settings.effective_milvus_uri(), self.alias)
+                          if not self.settings.milvus_uri else (False, None))
+        if not answered:  # a server: ask it
+            if self.alias not in (self.client.list_aliases().get("aliases") or []):
+                return None
+            name = self.client.describe_alias(self.alias).get("collection_name")
         if name and name not in self._loaded:
             self._load(name)
             fields = {f["name"] for f in self.client.describe_collection(name).get("fields", [])}
