@@ -172,6 +172,21 @@ def _result(reply: Reply) -> SearchResult:
     raise ServerError(f"{reply.error_code}: {reply.error_message}")
 
 
+def _decode_op(raw: bytes | str) -> dict:
+    """An op's reply -> its result, or the typed error it carries (as :func:`_decode` for searches)."""
+    from query.ops import parse_op_reply
+
+    try:
+        ok, result = parse_op_reply(raw)
+    except ProtocolError as exc:
+        raise ServerError(str(exc)) from None
+    if ok:
+        return result
+    if result["code"] in CALLER_CODES:
+        raise BadRequest(result["message"], result["code"])
+    raise ServerError(f"{result['code']}: {result['message']}")
+
+
 def _decode(raw: bytes) -> SearchResult:
     try:
         return _result(parse_reply(raw))
@@ -282,20 +297,11 @@ class AsyncSearchClient(_Base):
 
     async def op(self, op: str, timeout: float | None = None, **args) -> dict:
         """A read-only collection op (``stats``, ``rows``, ``sample``; see :mod:`query.ops`) -> its result."""
-        from query.ops import OpRequest, parse_op_reply
+        from query.ops import OpRequest
 
         timeout_s = timeout if timeout is not None else self.settings.query_timeout_ms / 1000
         req = OpRequest(uuid.uuid4().hex, now_ms() + int(timeout_s * 1000), op, **args)
-        try:
-            ok, result = parse_op_reply(await self._exchange(req.id, {"id": req.id, "op": req.to_json()},
-                                                             timeout_s))
-        except ProtocolError as exc:
-            raise ServerError(str(exc)) from None
-        if ok:
-            return result
-        if result["code"] in CALLER_CODES:
-            raise BadRequest(result["message"], result["code"])
-        raise ServerError(f"{result['code']}: {result['message']}")
+        return _decode_op(await self._exchange(req.id, {"id": req.id, "op": req.to_json()}, timeout_s))
 
     async def _exchange(self, request_id: str, entry: dict, timeout_s: float) -> bytes:
         """Add ``entry`` (unless overloaded) and wait for its one reply (SearchTimeout at the deadline)."""

@@ -28,11 +28,12 @@ from query.client import (
     SearchResult,
     ServerError,
     _decode,
+    _decode_op,
     _no_answer,
     _overloaded,
     build_request,
 )
-from query.protocol import ProtocolError, Reply, Request, now_ms
+from query.protocol import Reply, Request, now_ms
 from query.vocabulary import CALLER_CODES
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ class LocalSearchClient:
 
     async def op(self, op: str, timeout: float | None = None, **args) -> dict:
         """A read-only collection op (``stats``, ``rows``, ``sample``; :mod:`query.ops`)."""
-        from query.ops import OpRequest, answer_entry, parse_op_reply
+        from query.ops import OpRequest, answer_entry
 
         timeout_s = timeout if timeout is not None else self.settings.query_timeout_ms / 1000
         req = OpRequest(uuid.uuid4().hex, now_ms() + int(timeout_s * 1000), op, **args)
@@ -144,15 +145,7 @@ class LocalSearchClient:
             raise _no_answer(timeout_s) from None
         if text is None:
             raise _no_answer(timeout_s)
-        try:
-            ok, result = parse_op_reply(text)
-        except ProtocolError as exc:
-            raise ServerError(str(exc)) from None
-        if ok:
-            return result
-        if result["code"] in CALLER_CODES:
-            raise BadRequest(result["message"], result["code"])
-        raise ServerError(f"{result['code']}: {result['message']}")
+        return _decode_op(text)
 
     async def run(self, fn, *args):
         """Run ``fn(*args)`` on the search thread (the one that owns Milvus and the models)."""

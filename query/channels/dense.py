@@ -6,14 +6,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from common.texts import TextHit
-from query.channels.base import Channel, Query, grouped
-from query.channels.bm25 import ROWS_PER_IMAGE
-from query.fusion import ChannelHit
+from query.channels.base import Query
+from query.channels.text_rows import TextRowsChannel
 
 
-class DenseChannel(Channel):
+class DenseChannel(TextRowsChannel):
     name = "dense"
-    reads_text = True
 
     def encode(self, queries: Sequence[Query]) -> None:
         wanted = [q for q in queries if q.query_text]
@@ -22,20 +20,11 @@ class DenseChannel(Channel):
             for q, v in zip(wanted, vectors, strict=True):
                 q.vectors[self.name] = v
 
-    def search(self, queries: Sequence[Query]) -> list[list[TextHit]]:
-        texts = self.service.texts
-        asked = [n for n, q in enumerate(queries) if self.name in q.vectors]
-        out: list[list[TextHit]] = [[] for _ in queries]
-        found = grouped([queries[n] for n in asked], lambda q: q.depth,
-                        lambda depth, qs: texts.search_dense([q.vectors[self.name] for q in qs],
-                                                             depth * ROWS_PER_IMAGE))
-        for n, rows in zip(asked, found, strict=True):
-            out[n] = rows
-        return out
+    def answers(self, q: Query) -> bool:
+        return self.name in q.vectors
 
-    def evidence(self, q: Query, hits: list[TextHit]) -> list[ChannelHit]:
-        skip = set(q.exclude)
-        return [ChannelHit(r.image_id, r.score, r.text, r.kind) for r in hits if r.image_id not in skip]
+    def search_group(self, queries: Sequence[Query], limit: int) -> list[list[TextHit]]:
+        return self.service.texts.search_dense([q.vectors[self.name] for q in queries], limit)
 
     def warm(self) -> None:
         if self.service.texts.exists():
