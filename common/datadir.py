@@ -4,7 +4,11 @@ Milvus Lite lets one process open a database file; a second one fails with "Open
 milvus failed" (and, before this module, a traceback). Every embedded command that opens
 the data dir's Milvus Lite file first takes ``<data dir>/holder.lock`` (``flock``, released
 by the kernel when the process ends, however it ends) and writes what it is into
-``<data dir>/holder.json``: pid, command and, for ``imgsearch serve``, the URL it answers on.
+``<data dir>/holder.json``: pid, command and, for ``imgsearch serve``, the URL it answers on,
+and a random ``local_token``. The record is readable by its owner only (mode 0600): the token
+proves that a caller of the server can read the data dir, i.e. runs as the same user, which is
+what allows ``imgsearch ingest FOLDER`` to hand a folder to the server that holds the dir. No
+other caller can make the server read a folder of its machine.
 
 A command that finds the lock taken reads that record: it then goes through the server
 (``search``, ``ingest`` while ``serve`` holds the dir) or stops with one line naming the
@@ -18,6 +22,7 @@ import contextlib
 import fcntl
 import json
 import os
+import secrets
 import time
 from pathlib import Path
 
@@ -73,13 +78,17 @@ class Holding:
             holder = read_holder(self.dir)
             raise DataDirBusy(busy_message(self.settings, holder, self.command), holder) from None
         self.fd = fd
-        self.update(pid=os.getpid(), command=self.command, since=time.time())
+        self.update(pid=os.getpid(), command=self.command, since=time.time(), local_token=secrets.token_urlsafe(32))
         return self
 
     def update(self, **values) -> None:
         self.info.update(values)
         tmp = self.dir / f".{INFO_NAME}.{os.getpid()}"
-        tmp.write_text(json.dumps(self.info))
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # the token: owner only
+        with os.fdopen(fd, "w") as out:
+            out.write(json.dumps(self.info))
         tmp.replace(self.dir / INFO_NAME)
 
     def __exit__(self, *exc) -> None:

@@ -30,7 +30,7 @@ def run_command(name: str, fn, args, settings) -> int:
         holding = Holding(settings, name).__enter__()
     except DataDirBusy as busy:
         if busy.holder.get("url") and name in THROUGH_SERVER:
-            return VIA_SERVER[name](args, settings, busy.holder["url"])
+            return VIA_SERVER[name](args, settings, busy.holder)
         raise
     try:
         args.holding = holding  # serve records its URL in it
@@ -39,10 +39,16 @@ def run_command(name: str, fn, args, settings) -> int:
         holding.__exit__(None, None, None)
 
 
-def call(url: str, settings, method: str = "GET", body: dict | None = None, timeout: float = 120) -> dict:
-    """One JSON call to the serving gateway; its typed error -> an error line."""
+def call(url: str, settings, method: str = "GET", body: dict | None = None, timeout: float = 120,
+         local_token: str | None = None) -> dict:
+    """One JSON call to the serving gateway; its typed error -> an error line. ``local_token``
+    (from the holder record) lets the server index a folder of this machine."""
+    from query.indexing import LOCAL_TOKEN_HEADER
+
     data = json.dumps(body).encode() if body is not None else None
     headers = {"Content-Type": "application/json"}
+    if local_token:
+        headers[LOCAL_TOKEN_HEADER] = local_token
     key = settings.gateway_index_key or settings.gateway_api_key  # the index key searches too
     if key:
         headers["X-API-Key"] = key
@@ -61,7 +67,7 @@ def call(url: str, settings, method: str = "GET", body: dict | None = None, time
         raise ImgsearchError(f"the server holding the data dir ({url}) does not answer: {exc}") from None
 
 
-def search_via_server(args, settings, base: str) -> int:
+def search_via_server(args, settings, holder: dict) -> int:
     from imgsearch.cli_query import checked_query, parse_channels, parse_where
     from imgsearch.hits_output import print_hits
     from query.fusion import FusedHit
@@ -74,13 +80,14 @@ def search_via_server(args, settings, base: str) -> int:
         body["image_base64"] = base64.b64encode(value).decode("ascii")
     else:
         body[kind] = value
-    reply = call(base + "/v1/search", settings, "POST", {k: v for k, v in body.items() if v is not None})
+    reply = call(holder["url"] + "/v1/search", settings, "POST", {k: v for k, v in body.items() if v is not None})
     print_hits([FusedHit.from_dict(h) for h in reply["hits"]], args.json)
     return 0
 
 
-def ingest_via_server(args, settings, base: str) -> int:
-    """Start the ingest as a job of the server (POST /v1/jobs) and follow it to its end."""
+def ingest_via_server(args, settings, holder: dict) -> int:
+    """Start the ingest as a job of the server (POST /v1/jobs, with the holder's local token:
+    the server reads a folder only for the user who can read its data dir) and follow it."""
     import os
     from pathlib import Path
 
@@ -89,7 +96,9 @@ def ingest_via_server(args, settings, base: str) -> int:
         source = str(Path(source).expanduser().resolve())
         if not os.path.exists(source):
             raise ImgsearchError(f"source not found: {args.source}")
-    job = call(base + "/v1/jobs", settings, "POST", {"source": source, "include": list(args.include)})
+    base = holder["url"]
+    job = call(base + "/v1/jobs", settings, "POST", {"source": source, "include": list(args.include)},
+               local_token=holder.get("local_token"))
     job_id = job["id"]
     if not args.json:
         print(f"ingest of {source} runs in the server at {base} (job {job_id})", flush=True)

@@ -208,7 +208,9 @@ def cmd_serve(args, settings) -> int:
 
     holder: dict = {}
     indexer = jobs_for(settings, on_change=lambda: holder["app"].state.client_of().refresh())
-    app = holder["app"] = create_app(settings, indexer)
+    holding = getattr(args, "holding", None)
+    local_token = holding.info.get("local_token") if holding is not None else None
+    app = holder["app"] = create_app(settings, indexer, local_token)
     try:
         uvicorn.run(app, host=settings.gateway_host, port=settings.gateway_port, log_level=settings.log_level.lower())
     finally:

@@ -143,11 +143,12 @@ class Metrics:
                            registry=self.registry)
 
 
-def create_app(settings: Settings, indexer=None) -> FastAPI:
+def create_app(settings: Settings, indexer=None, local_token: str | None = None) -> FastAPI:
     """The gateway app for ``settings`` (Redis URL, API key, body and image limits).
 
     ``indexer`` (from the command line: :mod:`imgsearch.indexer`) adds the indexing
-    endpoints (:mod:`query.indexing`); without it the gateway only searches."""
+    endpoints (:mod:`query.indexing`); without it the gateway only searches. ``local_token``
+    (embedded serve: the data dir holder's) is what a caller shows to have a folder indexed."""
     metrics = Metrics()
     state: dict[str, AsyncSearchClient] = {}
 
@@ -314,7 +315,7 @@ def create_app(settings: Settings, indexer=None) -> FastAPI:
 
         app.state.job_store = indexer
         app.state.indexing = True
-        indexing.install(app, settings, indexer, require_key, GatewayError)
+        indexing.install(app, settings, indexer, require_key, GatewayError, local_token)
     app.state.client_of = lambda: state["client"]
     return app
 

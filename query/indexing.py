@@ -19,13 +19,16 @@ line (``imgsearch serve``): the query side never imports ingest. Embedded, jobs 
 serving process; distributed, they are submitted to the Celery workers. A source that
 names a bucket outside ``IMGSEARCH_QUERY_URI_BUCKETS`` (the gateway's one allow-list of
 buckets) is refused with 400 ``bad_request``. A local folder is accepted only by an
-embedded gateway, and only from a caller on the same machine (loopback): that is
-``imgsearch ingest`` handing its folder to the server that holds the data dir.
+embedded gateway, and only with the ``X-Imgsearch-Local-Token`` of the data dir's holder
+record (:mod:`common.datadir`, readable by the serving user only): that is ``imgsearch
+ingest`` handing its folder to the server that holds the data dir. Without that token no
+caller, not even one on the same machine, makes the server read a folder.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 from typing import Literal
 
 from fastapi import Depends, FastAPI, Request
@@ -39,7 +42,7 @@ from query.vocabulary import MAX_IMAGE_ID  # noqa: E402
 
 MAX_INCLUDE = 32
 FORM_FIELDS = ("file", "name")
-LOOPBACK = ("127.0.0.1", "::1")
+LOCAL_TOKEN_HEADER = "X-Imgsearch-Local-Token"
 
 
 class JobBody(BaseModel):
@@ -53,7 +56,8 @@ class JobBody(BaseModel):
 
 def check_source(source: str, settings: Settings, local_caller: bool = False) -> None:
     """A caller may name only buckets of IMGSEARCH_QUERY_URI_BUCKETS (the gateway's allow-list
-    of buckets it may read); a local folder only when the gateway runs embedded."""
+    of buckets it may read); a local folder only when the gateway runs embedded and the caller
+    showed the data dir's local token (``local_caller``)."""
     from common.errors import QueryError
 
     if source.startswith("s3://"):
@@ -66,7 +70,8 @@ def check_source(source: str, settings: Settings, local_caller: bool = False) ->
     if not settings.embedded:
         raise QueryError("a distributed gateway indexes s3:// sources only (its workers cannot read your folders)")
     if not local_caller:
-        raise QueryError("a folder can be indexed only by a caller on the serving machine; others name s3:// sources")
+        raise QueryError("a folder is indexed only for `imgsearch ingest` run by the serving user on this machine "
+                         "(it shows the data dir's local token); other callers name s3:// sources")
 
 
 class ImageBody(BaseModel):
@@ -83,7 +88,13 @@ def _status_of_reason(reason: str) -> str:
         reason, "unprocessable")
 
 
-def install(app: FastAPI, settings: Settings, indexer, require_key, error) -> None:
+def is_local_caller(request: Request, local_token: str | None) -> bool:
+    """Whether the request carries the data dir's local token (constant-time compare)."""
+    shown = request.headers.get(LOCAL_TOKEN_HEADER, "")
+    return bool(local_token) and hmac.compare_digest(shown.encode(), local_token.encode())
+
+
+def install(app: FastAPI, settings: Settings, indexer, require_key, error, local_token: str | None = None) -> None:
     import secrets
 
     from fastapi.security import APIKeyHeader
@@ -147,8 +158,7 @@ def install(app: FastAPI, settings: Settings, indexer, require_key, error) -> No
         from common.errors import QueryError
 
         try:
-            client = request.client.host if request.client else ""
-            check_source(body.source, settings, client in LOOPBACK)
+            check_source(body.source, settings, is_local_caller(request, local_token))
             return await asyncio.to_thread(indexer.start, body.source, tuple(body.include), body.kind)
         except QueryError as exc:
             raise error(exc.code, str(exc)) from None

@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -132,6 +133,25 @@ def test_a_job_source_outside_the_allow_list_is_refused(served):
     reply = httpx.post(base + "/v1/jobs", json={"source": "s3://not-allowed/x/"}, timeout=60)
     assert reply.status_code == 400 and reply.json()["error"]["code"] == "bad_request"
     assert "IMGSEARCH_QUERY_URI_BUCKETS" in reply.json()["error"]["message"]
+
+
+def test_a_folder_is_indexed_only_for_the_holder_of_the_data_dir(served):
+    """A caller on this machine without the holder record's token (another user, a page in a
+    browser) cannot make the server read a folder; the record is the owner's only."""
+    import stat
+
+    base, settings, _proc, root = served
+    folder = root / "private"
+    folder.mkdir()
+    shutil.copy(sorted((SAMPLES_DIR / "coat").glob("*.png"))[0], folder / "secret.png")
+    for headers in ({}, {"X-Imgsearch-Local-Token": "guessed"}):
+        reply = httpx.post(base + "/v1/jobs", json={"source": str(folder)}, headers=headers, timeout=60)
+        assert reply.status_code == 400 and reply.json()["error"]["code"] == "bad_request", reply.text
+        assert "local token" in reply.json()["error"]["message"]
+    record = Path(settings.data_dir) / "holder.json"
+    assert stat.S_IMODE(record.stat().st_mode) == 0o600
+    jobs = httpx.get(base + "/v1/jobs", timeout=60).json()["jobs"]
+    assert folder.as_uri() not in {j["source"] for j in jobs} and str(folder) not in {j["source"] for j in jobs}
 
 
 def noise_png(side: int) -> bytes:
