@@ -17,6 +17,13 @@ Milvus writes: rows/s of the embed stage's write path (``ImageStore.upsert``, 51
 chunks) against one raw ``MilvusClient.insert`` per 10k rows of the same rows, into fresh
 collections of the same schema.
 
+``--kill-plan N`` (faults at scale): N objects, an ingest job whose plan worker is SIGKILLed
+mid-listing (once ``--kill-at`` of N is listed, slices of ``--slice`` objects), then a fresh
+plan worker resumes from the job's checkpoint. Batches go to a recorder instead of Celery
+(batch number -> its URIs, in Redis): exact means listed = new = N, every URI in exactly one
+batch number, a batch planned twice (the killed step's slice, re-listed) identical both
+times, the epoch unchanged (no restart from the first key).
+
 The largest N is what fits the machine in ``--budget-s`` (estimated from the put rate of
 the first N); the reason is printed. Not a test: ``--record`` appends rows to RESULTS.md.
 
@@ -64,8 +71,25 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def plan_worker(job_id: str) -> int:
-    """Run every plan step of the job here, as the Celery plan task does; print a JSON line."""
+def recorder(redis_url: str, key: str):
+    """An enqueue function that records each batch (number -> its sorted URIs) in Redis
+    instead of sending it to Celery: a batch number planned twice must bring the same URIs."""
+    import redis
+
+    r = redis.Redis.from_url(redis_url)
+
+    def enqueue(spec) -> None:
+        uris = json.dumps(sorted(m["uri"] for m in spec["manifest"]))
+        if not r.hsetnx(key, str(spec["batch"]), uris) and r.hget(key, str(spec["batch"])).decode() != uris:
+            r.incr(key + ":conflicts")
+        r.incr(key + ":enqueued")
+
+    return enqueue
+
+
+def plan_worker(job_id: str, resume: bool = False, record_key: str = "") -> int:
+    """Run every plan step of the job here, as the Celery plan task does; print a JSON line.
+    ``resume``: start at the job's checkpointed step (what a redelivered plan task does)."""
     from common.jobs import JobStore
     from common.models.base import MODELS
     from ingest.dispatch import enqueue_batch
@@ -73,8 +97,10 @@ def plan_worker(job_id: str) -> int:
 
     settings = Settings.from_env()
     jobs = JobStore.from_url(settings.redis_url)
+    if record_key:
+        enqueue_batch = recorder(settings.redis_url, record_key)  # noqa: F811 (no Celery in the kill bench)
     started = time.perf_counter()
-    step, steps = 0, 0
+    step, steps = (jobs.get(job_id).planning()["step"] if resume else 0), 0
     while True:
         job = jobs.get(job_id)
         result = plan_step(job, step, settings, JobPlanState(jobs, job, settings), enqueue_batch)
@@ -203,9 +229,86 @@ def one_size(n: int, env: dict, settings: Settings, s3, spec, rng, put_workers: 
             "expect": expect, "got": got, "upsert_rate": upsert_rate, "raw_rate": raw_rate}
 
 
+def put_objects(s3, bucket: str, n: int, put_workers: int) -> float:
+    """N tiny PNGs under ``p/`` with concurrent puts; returns puts/s."""
+    client = s3.client()
+    client.create_bucket(Bucket=bucket)
+    body = [tiny_png(i) for i in range(256)]
+    clients = [s3.client() for _ in range(put_workers)]
+
+    def put(i: int) -> None:
+        clients[i % put_workers].put_object(Bucket=bucket, Key=f"p/{i % 97:02d}/{i:08d}.png", Body=body[i % 256])
+
+    t = time.perf_counter()
+    with ThreadPoolExecutor(put_workers) as pool:
+        list(pool.map(put, range(n), chunksize=256))
+    return n / (time.perf_counter() - t)
+
+
+def kill_plan(n: int, env: dict, settings: Settings, s3, put_workers: int, slice_objects: int,
+              kill_at: float) -> dict:
+    """Faults at scale: SIGKILL the plan worker mid-listing, resume, check exact counts."""
+    import signal
+
+    import redis
+
+    from common.jobs import JobStore
+
+    bucket = f"kill{n}"
+    put_rate = put_objects(s3, bucket, n, put_workers)
+    collection = f"kill{n}"
+    env = {**env, PREFIX + "COLLECTION": collection, PREFIX + "PLAN_SLICE_OBJECTS": str(slice_objects)}
+    jobs = JobStore.from_url(settings.redis_url)
+    job_id = jobs.create(f"s3://{bucket}/p/", collection, kind="ingest")
+    key = f"bench:kill:{job_id}"
+    cmd = [sys.executable, __file__, "--plan-job", job_id, "--record-batches", key]
+    child = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    r = redis.Redis.from_url(settings.redis_url)
+
+    def mid_slice() -> bool:
+        """Past kill_at of N, and inside a slice: batches enqueued beyond the last checkpoint."""
+        job = jobs.get(job_id)
+        committed = int(job.plan.get("batches", 0))  # the checkpoint's next batch number
+        return job.planning()["listed"] >= kill_at * n and int(r.get(key + ":enqueued") or 0) > committed
+
+    while not mid_slice():  # an observed state, not a guessed time
+        if child.poll() is not None:
+            raise RuntimeError(f"the plan worker ended before the kill: {child.stderr.read()[-2000:]}")
+        time.sleep(0.002)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    at_kill = jobs.get(job_id)
+    killed = {"listed": at_kill.planning()["listed"], "step": at_kill.planning()["step"], "epoch": at_kill.epoch,
+              "uncommitted_batches": int(r.get(key + ":enqueued") or 0) - int(at_kill.plan.get("batches", 0))}
+    out = subprocess.run(cmd + ["--resume"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=3600)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-3000:])
+    resumed = json.loads(out.stdout.strip().splitlines()[-1])
+    job = jobs.get(job_id)
+    batches = {int(b): json.loads(u) for b, u in r.hgetall(key).items()}
+    uris = [u for us in batches.values() for u in us]
+    checks = {
+        "listed = new = N": (job.listed, job.new) == (n, n),
+        "every URI in one batch": len(uris) == len(set(uris)) == n,
+        "batches numbered 0..B-1 = batches_total": sorted(batches) == list(range(job.batches_total)),
+        "re-planned batches identical": int(r.get(key + ":conflicts") or 0) == 0,
+        "epoch unchanged (resumed, not restarted)": job.epoch == killed["epoch"],
+        "killed mid-listing, inside a slice": 0 < killed["listed"] < n and killed["uncommitted_batches"] > 0,
+    }
+    return {"n": n, "put_rate": put_rate, "slice": slice_objects, "killed": killed, "resumed": resumed,
+            "enqueued": int(r.get(key + ":enqueued") or 0), "batches": len(batches), "checks": checks,
+            "exact": all(checks.values())}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--plan-job", help=argparse.SUPPRESS)
+    parser.add_argument("--resume", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--record-batches", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--kill-plan", type=int, default=0, metavar="N",
+                        help="faults at scale instead: SIGKILL the plan worker mid-listing of N objects, resume")
+    parser.add_argument("--kill-at", type=float, default=0.4, help="fraction of N listed when the kill strikes")
+    parser.add_argument("--slice", type=int, default=5000, help="plan slice (objects) of the kill run")
     parser.add_argument("--n", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--budget-s", type=float, default=900, help="time one N may take (estimated)")
     parser.add_argument("--put-workers", type=int, default=32)
@@ -213,7 +316,7 @@ def main() -> int:
     parser.add_argument("--record", action="store_true")
     args = parser.parse_args()
     if args.plan_job:
-        return plan_worker(args.plan_job)
+        return plan_worker(args.plan_job, args.resume, args.record_batches)
 
     import numpy as np
 
@@ -232,6 +335,8 @@ def main() -> int:
         os.environ.update({PREFIX + k: v for k, v in values.items()})
         settings = Settings.from_env()
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        if args.kill_plan:
+            return kill_main(args, env, settings, s3)
         spec = load_clip(settings.clip_model, settings.clip_pretrained, settings).spec  # the collection's model
         per_object = None
         for n in sorted(args.n):
@@ -275,6 +380,36 @@ def main() -> int:
                 f"{r['n'] / same['seconds']:.0f} (batches {same['batches']}, models {len(same['models_loaded'])})",
                 f"{r['exact']} {r['got']}", f"{r['upsert_rate']:.0f}", f"{r['raw_rate']:.0f}", where], header)
     return 0 if all(r["exact"] for r in results) else 1
+
+
+def kill_main(args, env: dict, settings: Settings, s3) -> int:
+    from bench.harness import machine
+
+    r = kill_plan(args.kill_plan, env, settings, s3, args.put_workers, args.slice, args.kill_at)
+    print(json.dumps(r))
+    where = machine() + (f", {args.note}" if args.note else "")
+    k, res = r["killed"], r["resumed"]
+    failed = [name for name, ok in r["checks"].items() if not ok]
+    verdict = "exact" if r["exact"] else "NOT exact: " + ", ".join(failed)
+    print(f"N={r['n']}: killed in step {k['step']} ({k['listed']} listed at its checkpoint, "
+          f"{k['uncommitted_batches']} batches of the slice enqueued, not committed); "
+          f"the resumed worker ran {res['steps']} steps to listed {res['listed']}, new {res['new']}; "
+          f"{r['batches']} batches ({r['enqueued']} enqueues incl. the re-listed slice): {verdict}")
+    if args.record:
+        header = ("\n## bench/scale.py --kill-plan — plan worker SIGKILLed mid-listing, resumed\n\n"
+                  "An ingest job of N new objects in SeaweedFS, planned in slices by a plan-worker process "
+                  "that is SIGKILLed once the job shows the given share listed; a fresh plan worker resumes "
+                  "at the job's checkpointed step. Batches are recorded (batch number -> URIs) instead of "
+                  "sent to Celery. exact = listed = new = N, every URI in exactly one batch, re-planned "
+                  "batches identical, epoch unchanged.\n\n"
+                  "| date | command | N | slice | killed | resumed: steps, listed, new | "
+                  "batches (enqueues) | result | machine |\n|---|---|---|---|---|---|---|---|---|\n")
+        record_row("## bench/scale.py --kill-plan", [
+            r["n"], r["slice"],
+            f"in step {k['step']}: {k['listed']} checkpointed, {k['uncommitted_batches']} batches uncommitted",
+            f"{res['steps']}, {res['listed']}, {res['new']}",
+            f"{r['batches']} ({r['enqueued']})", verdict, where], header)
+    return 0 if r["exact"] else 1
 
 
 if __name__ == "__main__":
