@@ -15,7 +15,7 @@ from tests.ingest.conftest import ROOT
 from tests.ingest.test_migrate import perturbed_checkpoint  # noqa: F401  (fixture)
 from tests.servers import imgsearch_env
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = pytest.mark.timeout(1200)  # a hang guard: the module ran 705 s at load ~15 on 2 cores
 
 
 def cli(env: dict, *args: str) -> subprocess.CompletedProcess:
