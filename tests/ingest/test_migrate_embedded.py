@@ -24,7 +24,8 @@ def cli(env: dict, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_embedded_migrate_swaps_and_lists(tmp_path, model_cache, samples_dir, perturbed_checkpoint):  # noqa: F811
-    env = imgsearch_env({"DATA_DIR": str(tmp_path / "data"), "MODEL_CACHE_DIR": str(model_cache), "DEVICE": "cpu"})
+    env = imgsearch_env({"DATA_DIR": str(tmp_path / "data"), "MODEL_CACHE_DIR": str(model_cache), "DEVICE": "cpu",
+                         "CLIP_MODEL": REFERENCE_MODEL})  # the bundled model, explicitly
     folder = tmp_path / "few"
     folder.mkdir()
     for path in sorted(samples_dir.glob("*/*.png"))[::20]:
