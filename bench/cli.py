@@ -51,6 +51,7 @@ ratios search/baseline (goal <= 1.5x).
 def env_for(data_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMGSEARCH_")}
     env.update({"IMGSEARCH_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1",
+                "IMGSEARCH_CLIP_MODEL": "imgsearch-fmnist-lit-minilm",  # the demo collection's model, explicitly
                 "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")]))})
     for name in ("IMGSEARCH_MODEL_CACHE_DIR",):
         if name in os.environ:
