@@ -200,7 +200,8 @@ def run_hybrid(n: int, args, rng: np.random.Generator, out) -> dict:
     from query.search import SearchService
 
     with tempfile.TemporaryDirectory(prefix="imgsearch-hybrid-") as tmp:
-        settings = Settings.from_env({}, data_dir=Path(tmp), collection="bench", vector_index="HNSW",
+        settings = Settings.from_env({}, clip_model="imgsearch-fmnist-lit-minilm",  # bundled: no weights to fetch
+                                     data_dir=Path(tmp), collection="bench", vector_index="HNSW",
                                      clip_pretrained=args.pretrained)
         model = load_clip(settings.clip_model, settings.clip_pretrained, settings)
         store = ImageStore(settings)

@@ -331,7 +331,8 @@ def main() -> int:
         values = {"REDIS_URL": redis.url, "MILVUS_URI": milvus.uri, "DATA_DIR": str(Path(tmp) / "data"),
                   "MODEL_CACHE_DIR": str(Path(tmp) / "models"), "S3_ENDPOINT_URL": s3.endpoint_url,
                   "S3_REGION": s3.region, "S3_ACCESS_KEY": s3.access_key, "S3_SECRET_KEY": s3.secret_key,
-                  "COLLECTION": "scale", "OCR_ENABLED": "false", "CAPTION_BACKEND": "off"}
+                  "COLLECTION": "scale", "OCR_ENABLED": "false", "CAPTION_BACKEND": "off",
+                  "CLIP_MODEL": "imgsearch-fmnist-lit-minilm"}  # the bundled model: no weights to fetch
         os.environ.update({PREFIX + k: v for k, v in values.items()})
         settings = Settings.from_env()
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
