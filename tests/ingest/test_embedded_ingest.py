@@ -97,26 +97,26 @@ def test_ingest_with_another_model_is_refused(indexed_samples, samples_dir):
 def test_s3_prefix_is_listed_page_by_page_and_indexed(s3_server, s3_settings, samples_dir,
                                                       encoder_calls):
     client = s3_server.client()
-    client.create_bucket(Bucket="photos")
+    client.create_bucket(Bucket="listing")  # its own bucket: the S3 server is shared by the session
     paths = sorted(samples_dir.glob("*/*.png"))[::5]  # 40 images, all classes
     for path in paths:
-        client.put_object(Bucket="photos", Key=f"shop/{path.parent.name}/{path.name}",
+        client.put_object(Bucket="listing", Key=f"shop/{path.parent.name}/{path.name}",
                           Body=path.read_bytes())
-    client.put_object(Bucket="photos", Key="shop/broken.jpg", Body=b"<html>oops</html>")
-    client.put_object(Bucket="photos", Key="other/ignored.png", Body=paths[0].read_bytes())
+    client.put_object(Bucket="listing", Key="shop/broken.jpg", Body=b"<html>oops</html>")
+    client.put_object(Bucket="listing", Key="other/ignored.png", Body=paths[0].read_bytes())
     settings = s3_settings(batch_size=16)
 
-    summary = run_ingest("s3://photos/shop/", settings, progress=False)
+    summary = run_ingest("s3://listing/shop/", settings, progress=False)
 
     assert (summary.listed, summary.indexed, summary.failed) == (41, 40, 1)
-    assert summary.failures[0].uri == "s3://photos/shop/broken.jpg"
+    assert summary.failures[0].uri == "s3://listing/shop/broken.jpg"
     assert summary.failures[0].reason == "unsupported_type"
     store = ImageStore(settings)
     assert store.count() == 40
-    row = store.get_by_uri(f"s3://photos/shop/{paths[0].parent.name}/{paths[0].name}")
-    assert row is not None and row["source"] == "s3://photos/shop/"
+    row = store.get_by_uri(f"s3://listing/shop/{paths[0].parent.name}/{paths[0].name}")
+    assert row is not None and row["source"] == "s3://listing/shop/"
     encoder_calls.clear()
-    again = run_ingest("s3://photos/shop/", settings, progress=False)
+    again = run_ingest("s3://listing/shop/", settings, progress=False)
     assert (again.indexed, again.unchanged, again.failed) == (0, 40, 1)
     assert encoder_calls == []
 
