@@ -6,7 +6,8 @@ its dominant colour and size, e.g. ``{"caption": "a red picture 64x48", "tags": 
 "wide"]}``. Images that are mostly magenta are refused with 400 (a content refusal), and
 ``fail_next`` answers 503 that many times first (an endpoint that is restarting).
 ``delay_s`` makes every answer that much slower (a slow VLM); ``hold`` keeps requests
-waiting until that many are in flight at once (a deterministic concurrency check);
+waiting until that many have been in flight at once, then lets every request pass (a
+deterministic concurrency check: a tail of fewer requests never waits);
 ``max_in_flight`` is the most requests it ever had in flight at once.
 """
 
@@ -56,8 +57,10 @@ class VisionEndpoint:
                     endpoint.in_flight += 1
                     endpoint.max_in_flight = max(endpoint.max_in_flight, endpoint.in_flight)
                     endpoint._changed.notify_all()
-                    # a safety bound only: a caller that never reaches `hold` is seen in max_in_flight
-                    endpoint._changed.wait_for(lambda: endpoint.in_flight >= endpoint.hold, timeout=60)
+                    # held until `hold` requests have been in flight at once, then every request
+                    # passes: a tail of fewer than `hold` never waits (60 s is a safety bound only:
+                    # a caller that never reaches `hold` is seen in max_in_flight)
+                    endpoint._changed.wait_for(lambda: endpoint.max_in_flight >= endpoint.hold, timeout=60)
                 try:
                     if endpoint.delay_s:
                         time.sleep(endpoint.delay_s)

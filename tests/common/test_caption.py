@@ -113,7 +113,7 @@ def test_transformers_backend_captions_with_local_weights(make_settings):
 def test_endpoint_requests_are_concurrent_and_bounded(make_settings):
     images = [white_with_yellow_corner(), Image.new("RGB", (80, 60), "red"), Image.new("RGB", (40, 40), (230, 20, 230))]
     with VisionEndpoint() as endpoint:
-        endpoint.hold = 3  # each request waits until 3 are in flight: only a concurrent client gets past
+        endpoint.hold = 3  # requests wait until 3 were in flight at once: only a concurrent client gets past
         settings = make_settings(caption_backend="openai", caption_endpoint=endpoint.url, caption_model="m",
                                  caption_grid=2, caption_concurrency=3)
         captioner = OpenAICaptioner(settings)
