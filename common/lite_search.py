@@ -469,6 +469,17 @@ def _sparse_liveness(segments, memtable, delta_snap, mt_deletes):
     return masks, newest
 
 
+
+def _add_candidates(per_query: list[list], local_ids, dists, top_k: int, pks, ref_of) -> None:
+    """Append each query's hits of one index (``local_ids``/``dists`` rows, ``-1`` ends a row)
+    as ``(distance, pk, ref)`` candidates: the segment and memtable searches share this."""
+    for qi in range(len(per_query)):
+        for j in range(top_k):
+            lid = int(local_ids[qi, j])
+            if lid < 0:
+                break
+            per_query[qi].append((float(dists[qi, j]), pks[lid], ref_of(lid)))
+
 def search_sparse_fast(
     self,
     query_vectors: list,
@@ -572,14 +583,7 @@ def search_sparse_fast(
         local_ids, dists = _search_prepared_sparse_index(
             cached_idx, query_sparse, top_k, valid_mask=valid_mask,
         )
-        for qi in range(nq):
-            for j in range(top_k):
-                lid = int(local_ids[qi, j])
-                if lid < 0:
-                    break
-                per_query_candidates[qi].append(
-                    (float(dists[qi, j]), pks[lid], (table, lid))
-                )
+        _add_candidates(per_query_candidates, local_ids, dists, top_k, pks, lambda lid, table=table: (table, lid))
 
     # ── Memtable search (rebuilt each time — small + mutable) ─
     mt = self._memtable
@@ -612,14 +616,7 @@ def search_sparse_fast(
         mt_idx = create_sparse_index(metric_type, index_params)
         mt_idx.build(mt_sparse, valid_mask=mt_valid)
         local_ids, dists = _search_prepared_sparse_index(mt_idx, query_sparse, top_k)
-        for qi in range(nq):
-            for j in range(top_k):
-                lid = int(local_ids[qi, j])
-                if lid < 0:
-                    break
-                per_query_candidates[qi].append(
-                    (float(dists[qi, j]), mt_pks[lid], mt_refs[lid])
-                )
+        _add_candidates(per_query_candidates, local_ids, dists, top_k, mt_pks, mt_refs.__getitem__)
 
     # ── Global merge + dedup + materialize ────────────────────
     # Dedup: if same pk appears from segment + memtable, keep
