@@ -136,21 +136,22 @@ def install(app: FastAPI, settings: Settings, indexer, require_key, error, local
             raise error("bad_request", str(exc)) from None
         return JSONResponse(result, status_code=201 if result.get("searchable") else 202)
 
-    @app.get("/v1/images/{image_id}", dependencies=keyed)
-    async def image_detail(image_id: int = PathParam(ge=1, le=MAX_IMAGE_ID)) -> dict:
-        """Metadata, OCR lines, captions, tags and near-duplicates of an indexed image."""
-        found = await asyncio.to_thread(indexer.detail, image_id)
+    async def of_image(op, image_id: int) -> dict:
+        """``op(image_id)`` off the event loop; None (no such indexed image) is a 404."""
+        found = await asyncio.to_thread(op, image_id)
         if found is None:
             raise error("not_found", f"no indexed image with id {image_id}")
         return found
 
+    @app.get("/v1/images/{image_id}", dependencies=keyed)
+    async def image_detail(image_id: int = PathParam(ge=1, le=MAX_IMAGE_ID)) -> dict:
+        """Metadata, OCR lines, captions, tags and near-duplicates of an indexed image."""
+        return await of_image(indexer.detail, image_id)
+
     @app.delete("/v1/images/{image_id}", dependencies=writes)
     async def delete_image(image_id: int = PathParam(ge=1, le=MAX_IMAGE_ID)) -> dict:
         """Remove an indexed image and its text rows (and the bytes of an upload)."""
-        done = await asyncio.to_thread(indexer.delete, image_id)
-        if done is None:
-            raise error("not_found", f"no indexed image with id {image_id}")
-        return done
+        return await of_image(indexer.delete, image_id)
 
     @app.post("/v1/jobs", dependencies=writes, status_code=202)
     async def start_job(body: JobBody, request: Request) -> dict:
