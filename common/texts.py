@@ -312,12 +312,31 @@ class TextStore:
             expr = f"text_key in {sorted(scores)}"
             if image_filter is not None:
                 expr += f" and image_id in {[int(i) for i in image_filter]}"
-            rows = self.client.query(self.alias, filter=expr, output_fields=["id", "image_id", "kind", "text",
-                                                                             "text_key"], limit=ROWS_LIMIT)
+            fields = ["id", "image_id", "kind", "text", "text_key"]
+            rows = self._best_rows_direct(expr, scores, limit, fields)
+            if rows is None:
+                rows = self.client.query(self.alias, filter=expr, output_fields=fields, limit=ROWS_LIMIT)
             rows.sort(key=lambda r: (-scores[int(r["text_key"])], int(r["id"])))
             out.append([TextHit(int(r["image_id"]), r["kind"], r["text"], scores[int(r["text_key"])])
                         for r in rows[:limit]])
         return out
+
+    def _best_rows_direct(self, expr: str, scores: dict[int, float], limit: int, fields: list[str]
+                          ) -> list[dict] | None:
+        """Embedded: the ``limit`` best rows matching ``expr`` (best text first, then row id),
+        read column-wise in two steps: the keys of every match, then the fields of the best
+        ones only (a tag carried by half the collection is many rows). None: not embedded."""
+        if self.settings.milvus_uri:
+            return None
+        db = self.settings.effective_milvus_uri()
+        keys = lite_search.direct_rows(db, self.alias, expr, ["id", "text_key"])
+        if keys is None:
+            return None
+        keys.sort(key=lambda r: (-scores[int(r["text_key"])], int(r["id"])))
+        best = [int(r["id"]) for r in keys[:limit]]
+        if not best:
+            return []
+        return lite_search.direct_rows(db, self.alias, f"id in {best}", fields)
 
     def _direct(self, name: str, data: list, field: str, limit: int, expr: str, fields: list[str],
                 params: dict) -> list[list[dict]] | None:

@@ -42,6 +42,7 @@ from query.vocabulary import (  # noqa: F401  (re-exported: callers import them 
 )
 
 log = logging.getLogger(__name__)
+URI_WINDOW = 32  # fused hits whose uris are looked up at a time (see _answer)
 
 
 class SearchService:
@@ -178,12 +179,21 @@ class SearchService:
             keep = self.texts.images_containing([i for i, _, _ in fused], q.must)
             fused = [f for f in fused if f[0] in keep]
         # text channels know image ids only: their uris come from `images`, where the caller's
-        # filters apply too (and texts of images no longer indexed drop out)
-        missing = [i for i, _, _ in fused if i not in uris]
-        if missing:
-            uris.update(self.store.uris(missing, q.filter_expr))
-            fused = [f for f in fused if f[0] in uris]
-        return [FusedHit(i, uris[i], score, evidence) for i, score, evidence in fused[:q.k]]
+        # filters apply too (and texts of images no longer indexed drop out). Looked up in
+        # rank order, a window at a time, until k are known: the fused list holds every hit
+        # of every channel (hundreds), the answer only k.
+        out: list[FusedHit] = []
+        asked: set[int] = set()
+        pos = 0
+        while len(out) < q.k and pos < len(fused):
+            window = fused[pos:pos + max(q.k - len(out), URI_WINDOW)]
+            pos += len(window)
+            missing = [i for i, _, _ in window if i not in uris and i not in asked]
+            if missing:
+                asked.update(missing)
+                uris.update(self.store.uris(missing, q.filter_expr))
+            out.extend(FusedHit(i, uris[i], score, evidence) for i, score, evidence in window if i in uris)
+        return out[:q.k]
 
     def warm(self, channels: Sequence[str] | None = None) -> list[str]:
         """Load and run once what ``channels`` need (default: every channel this collection

@@ -157,3 +157,90 @@ def test_bm25_and_dense_text_search_agree_with_milvus_lites_own(make_settings):
     store.flush()
     bm25, _ = compare()
     assert {h[0] for h in bm25[3]} == {130} and all("item130" in h[2] or h[1] == "tag" for h in bm25[3][:1])
+
+
+def test_vectorised_bm25_scores_and_orders_as_milvus_lites_own():
+    """bm25_search_fast against SparseInvertedIndex.search itself (Milvus Lite's code), on an
+    index with long shared posting lists, ties, a query weight, deleted rows and a term that
+    no document has: the same local ids in the same order, the same distances."""
+    from milvus_lite.index.sparse_inverted import SparseInvertedIndex
+
+    rng = np.random.default_rng(7)
+    docs = []
+    for i in range(3000):
+        terms = {int(t): float(rng.integers(1, 4)) for t in rng.choice(40, size=rng.integers(1, 6), replace=False)}
+        if i % 7 == 0:
+            terms = {1: 1.0, 2: 1.0}  # many identical documents: exact ties
+        docs.append(terms)
+    index = SparseInvertedIndex()
+    index.build(docs, valid_mask=np.array([i % 11 != 0 for i in range(3000)]))
+    queries = [{1: 1.0, 2: 1.0}, {3: 1.0}, {5: 2.0, 7: 1.0, 9: 1.0}, {999: 1.0}, {}, {1: 1.0, 999: 1.0}]
+    mask = np.array([i % 5 != 0 for i in range(3000)])
+    for valid in (None, mask):
+        fast = lite_search.bm25_search_fast(index, queries, 25, valid_mask=valid)
+        own = lite_search._original_bm25(index, queries, 25, valid_mask=valid)
+        assert np.array_equal(fast[0], own[0])
+        assert np.allclose(fast[1], own[1], rtol=1e-5, equal_nan=True)
+    assert (lite_search.bm25_search_fast(index, queries, 25)[0][0] >= 0).sum() == 25
+
+
+def test_rows_read_column_wise_are_the_engines_query_rows(make_settings):
+    """direct_rows (texts' dense lookups) returns the rows Milvus Lite's own query returns,
+    over sealed segments, replaced and deleted rows and the memtable."""
+    from common.texts import TextItem, TextStore
+
+    settings = make_settings()
+    store = TextStore(settings)
+    store.ensure("toy-text-model", 4)
+    rng = np.random.default_rng(3)
+    shared = ["sale", "new", "red shoe"]
+
+    def put(ids, salt):
+        store.replace_many({i: ([TextItem("tag", shared[(i + salt) % 3]), TextItem("ocr", f"line {i} {salt}")],
+                                _unit(rng.normal(size=(2, 4))).tolist()) for i in ids})
+
+    put(range(1, 120), 0)
+    store.flush()
+    put(range(50, 80), 1)
+    store.delete_images([3, 4])
+    db = settings.effective_milvus_uri()
+    fields = ["id", "image_id", "kind", "text", "text_key"]
+    keys = sorted({int(r["text_key"]) for r in store.client.query(store.alias, filter="kind == 'tag'",
+                                                                      output_fields=["text_key"], limit=1000)})
+    for expr in (f"text_key in {keys[:2]}", f"text_key in {keys}", "image_id in [3, 50, 51, 119]"):
+        fast = lite_search.direct_rows(db, store.alias, expr, fields)
+        own = store.client.query(store.alias, filter=expr, output_fields=fields, limit=16384)
+        assert sorted(map(sorted, (r.items() for r in fast))) == sorted(map(sorted, (r.items() for r in own)))
+        assert fast
+    assert lite_search.direct_rows(db, store.alias, "image_id in [3, 4]", fields) == []
+
+
+def test_searching_collections_in_turn_keeps_each_ones_segment_keys(make_settings, monkeypatch):
+    """A hybrid search reads three collections in turn; the keys of one's segments must stay
+    cached while another is searched (they were rebuilt on every query)."""
+    from common.texts import TextItem, TextStore
+
+    settings = make_settings()
+    images = ImageStore(settings)
+    images.ensure(SPEC)
+    rng = np.random.default_rng(5)
+    images.upsert([_row(i, v) for i, v in enumerate(_unit(rng.normal(size=(300, DIM))), 1)])
+    images.flush()
+    texts = TextStore(settings)
+    texts.ensure("toy-text-model", 4)
+    texts.replace_many({i: ([TextItem("tag", f"word{i % 9}")], _unit(rng.normal(size=(1, 4))).tolist())
+                        for i in range(1, 300)})
+    texts.flush()
+    q = _unit(rng.normal(size=(1, DIM)))
+    images.search(q, 5), texts.search_bm25(["word3"], 5), texts.search_dense(_unit(rng.normal(size=(1, 4))), 5)
+    built = []
+    original = lite_search._SegmentKeys.__init__
+
+    def counting(self, segment):
+        built.append(segment)
+        original(self, segment)
+
+    monkeypatch.setattr(lite_search._SegmentKeys, "__init__", counting)
+    for _ in range(3):
+        images.search(q, 5), texts.search_bm25(["word3"], 5), texts.search_dense(_unit(rng.normal(size=(1, 4))), 5)
+    assert built == []
