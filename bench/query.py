@@ -281,8 +281,11 @@ def scale_main(args) -> int:
     rows = []
     for n in [int(x) for x in args.scale.split(",")]:
         rows.append(scale.run_size(n, args, rng, lambda line: print(line, flush=True)))
+        load = "load average {:.1f}/{:.1f}/{:.1f}".format(*os.getloadavg())
+        print(f"N={n:>8} measured at {load}", flush=True)
         if args.record:  # one row per size, as soon as it is measured
-            record_row("## bench/query.py --scale", [rows[-1]["n"], args.data, scale.cells(rows[-1]), machine()], (
+            record_row("## bench/query.py --scale", [rows[-1]["n"], args.data, scale.cells(rows[-1]),
+                                                     f"{machine()}; {load}"], (
                 "## bench/query.py --scale — the CLIP channel by collection size\n\n"
                 "Per size: p50/p99 ms of one k=10 query and recall@10 against an exact numpy scan of the same "
                 "vectors: numpy itself, raw faiss HNSW, `ImageStore.search` on embedded Milvus Lite (fast "
@@ -290,6 +293,8 @@ def scale_main(args) -> int:
                 "`hybrid`: SearchService text search fused over clip+bm25+dense (embedded).\n\n"
                 "| date | command | vectors | data | p50/p99 ms and recall@10 per path | machine |\n"
                 "|---|---|---|---|---|---|\n"))
+    if len(rows) > 1:
+        print("\n".join(scale.curve(rows)), flush=True)
     return 0
 
 

@@ -259,3 +259,16 @@ def cells(row: dict) -> str:
         r = f" r@10 {c['recall']:.3f}" if "recall" in c else ""
         parts.append(f"{name} {c['p50']:.1f}/{c['p99']:.1f} ms{r}")
     return "; ".join(parts)
+
+
+def curve(rows: list[dict]) -> list[str]:
+    """The growth curve: per path, p50 at each size and its factor over the smallest size."""
+    out = ["p50 by size (x = over the smallest size measured):"]
+    paths = [name for name in rows[0] if name != "n"]
+    for name in paths:
+        cells = [(r["n"], r[name]["p50"]) for r in rows if name in r]
+        if not cells:
+            continue
+        base = cells[0][1]
+        out.append(f"  {name:<18} " + "  ".join(f"{n:>8}: {v:8.2f} ms (x{v / base:.1f})" for n, v in cells))
+    return out
