@@ -25,6 +25,8 @@ sphere, the worst case of every ANN index (no neighbourhood structure at all).
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import statistics
 import tempfile
 import time
@@ -41,6 +43,30 @@ from common.vector_index import _BUILD, search_params
 DIM = 512
 K = 10
 ROWS_PER_UPSERT = 4096
+
+
+@contextlib.contextmanager
+def scratch_dir(prefix: str):
+    """A temporary folder for one collection, removed afterwards even when Milvus Lite's
+    background thread (compaction, index builds) still writes into it for a moment after
+    the client closed (TemporaryDirectory then fails with "Directory not empty")."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    try:
+        yield path
+    finally:
+        close_clients()
+        until = time.monotonic() + 120
+        while True:
+            try:
+                shutil.rmtree(path)
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                if time.monotonic() > until:
+                    print(f"could not remove {path}: Milvus Lite still writes there", flush=True)
+                    break
+                time.sleep(1)
 
 
 def make_vectors(n: int, dim: int, kind: str, rng: np.random.Generator) -> np.ndarray:
@@ -150,7 +176,7 @@ def run_size(n: int, args, rng: np.random.Generator, out) -> dict:
     index.reset()  # frees its memory before the Milvus Lite builds
 
     for kind in args.lite_index:
-        with tempfile.TemporaryDirectory(prefix="imgsearch-scale-") as tmp:
+        with scratch_dir("imgsearch-scale-") as tmp:
             settings = Settings.from_env({}, data_dir=Path(tmp), collection="bench", vector_index=kind)
             store, build = build_store(settings, vectors)
             cell, found = timed(store_fn(store), queries)
@@ -173,7 +199,7 @@ def run_size(n: int, args, rng: np.random.Generator, out) -> dict:
     if n <= args.server_max:
         from tests.servers import MilvusLiteServer
 
-        with tempfile.TemporaryDirectory(prefix="imgsearch-scale-") as tmp, MilvusLiteServer() as ms:
+        with scratch_dir("imgsearch-scale-") as tmp, MilvusLiteServer() as ms:
             settings = Settings.from_env({}, data_dir=Path(tmp), collection="bench", milvus_uri=ms.uri,
                                          vector_index="IVF_FLAT")
             store, build = build_store(settings, vectors)
@@ -199,7 +225,7 @@ def run_hybrid(n: int, args, rng: np.random.Generator, out) -> dict:
     from common.texts import TextItem, TextStore
     from query.search import SearchService
 
-    with tempfile.TemporaryDirectory(prefix="imgsearch-hybrid-") as tmp:
+    with scratch_dir("imgsearch-hybrid-") as tmp:
         settings = Settings.from_env({}, clip_model="imgsearch-fmnist-lit-minilm",  # bundled: no weights to fetch
                                      data_dir=Path(tmp), collection="bench", vector_index="HNSW",
                                      clip_pretrained=args.pretrained)
