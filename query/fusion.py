@@ -91,7 +91,9 @@ CONFIDENCE_DEPTH = 50   # the confidence of a channel is read from its top this 
 # The score at which a channel says "no relation" (what ``relative_clearance`` measures a top
 # from): cosine 0 for clip and dense (orthogonal vectors), 64 - 2*hamming = 0 for phash (32 of
 # 64 bits differ, what two unrelated images give), BM25 0 (no shared term). A channel not
-# named here is taken to mean the same by 0.
+# named here is taken to mean the same by 0. For CLIP this holds only roughly: its vectors
+# fill a cone, so unrelated photos reach cosines well above 0 (0.5 to 1.0 with the
+# reference model on image queries), and ``clearance`` then weighs CLIP down (README).
 ZEROS = {"clip": 0.0, "dense": 0.0, "phash": 0.0, "bm25": 0.0}
 
 
