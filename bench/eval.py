@@ -122,8 +122,8 @@ Kinds named `copy:` (near-duplicate set only) split its one kind `class` by the 
 copy the query is, for reading (mirrors); the rule is judged on the set's own kinds.
 
 | date | command | set | kind | queries | best channel hit@5 | best channel mAP | rrf | wrrf | minmax \
-| zscore | confidence | machine |
-|---|---|---|---|---|---|---|---|---|---|---|---|---|
+| zscore | confidence | clearance | machine |
+|---|---|---|---|---|---|---|---|---|---|---|---|---|---|
 """
 
 

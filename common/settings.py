@@ -220,7 +220,8 @@ class Settings:
     fusion: str = field(default="confidence", metadata={
         "help": "Fusion method of hybrid search: rrf, wrrf (RRF weighted per query by each channel's "
                 "confidence), minmax, zscore (normalised scores), confidence (min-max scores "
-                "weighted by confidence). See README 'Fusion methods'."})
+                "weighted by confidence), clearance (confidence times the top's clearance as a "
+                "share of its score). See README 'Fusion methods'."})
     phash_min_score: int = field(default=24, metadata={
         "help": "phash channel keeps hits with 64 - 2*hamming >= this (24: hamming <= 20; unrelated "
                 "photos sit near 32 bits apart). A ranking cut, not the duplicate threshold."})
@@ -435,7 +436,8 @@ def _validate_text(settings: "Settings") -> None:
         if getattr(settings, name) < 0:
             raise ConfigError(f"{PREFIX}{name.upper()} must be >= 0, got {getattr(settings, name)}")
     parse_weights(settings.fusion_weights)
-    fusion_methods = ("rrf", "wrrf", "minmax", "zscore", "confidence")  # query.fusion.METHODS (common imports no query)
+    # query.fusion.METHODS (common imports no query)
+    fusion_methods = ("rrf", "wrrf", "minmax", "zscore", "confidence", "clearance")
     if settings.fusion not in fusion_methods:
         raise ConfigError(f"{PREFIX}FUSION must be one of {', '.join(fusion_methods)}, got {settings.fusion!r}")
     if not -64 <= settings.phash_tier_score <= 65:

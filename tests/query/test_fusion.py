@@ -1,4 +1,4 @@
-"""RRF fusion: ranks not scores, weights, one entry per image, evidence, deterministic ties."""
+"""Fusion: RRF (ranks, weights, one entry per image, evidence, ties) and the score methods of issue 18."""
 
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def test_confidence_of_a_flat_list_is_low_and_of_a_clear_top_is_high():
     assert confidence([5.0] * 10) == 0.0 and confidence([1.0, 0.5]) == 0.0  # nothing stands out; too few
 
 
-@pytest.mark.parametrize("method", ["wrrf", "confidence"])
+@pytest.mark.parametrize("method", ["wrrf", "confidence", "clearance"])
 def test_confidence_methods_follow_the_channel_that_knows(method):
     channels = {"clip": FLAT, "bm25": KNOWING}
     # equal-weight RRF: image 2 (clip #1, bm25 #2) wins
@@ -88,7 +88,7 @@ def test_confidence_methods_follow_the_channel_that_knows(method):
     assert [i for i, _, _ in fuse(channels, {}, method=method)][0] == 1
 
 
-@pytest.mark.parametrize("method", ["rrf", "wrrf", "minmax", "zscore", "confidence"])
+@pytest.mark.parametrize("method", ["rrf", "wrrf", "minmax", "zscore", "confidence", "clearance"])
 def test_every_method_ranks_agreement_first_keeps_evidence_and_falling_scores(method):
     channels = {"clip": [ChannelHit(1, 0.9), ChannelHit(2, 0.5), ChannelHit(3, 0.4), ChannelHit(4, 0.1)],
                 "dense": [ChannelHit(1, 0.8), ChannelHit(3, 0.5), ChannelHit(5, 0.45), ChannelHit(6, 0.2)]}
@@ -100,6 +100,56 @@ def test_every_method_ranks_agreement_first_keeps_evidence_and_falling_scores(me
     assert [i for i, _, _ in fuse(channels, {"clip": 0.0}, method=method)][:2] == [1, 3]  # weights still apply
 
 
+# A channel whose scores sit tightly together far above its zero, one image a little above
+# them (CLIP's text-to-image cosines on a word it cannot read): a large robust z from a gap
+# small next to the scores. And one whose top stands clear by more than half of its score
+# (dense on a sentence it holds), with a wider crowd, so a smaller z.
+CONCENTRATED = [ChannelHit(100, 0.25)] + [ChannelHit(i, 0.212 - i / 10000) for i in range(1, 50)]
+CLEAR = [ChannelHit(1, 0.60)] + [ChannelHit(i, 0.30 - i / 500) for i in range(2, 50)] + [ChannelHit(100, 0.05)]
+
+
+def test_relative_clearance_is_the_tops_share_of_its_score_above_the_crowd():
+    from query.fusion import confidence, relative_clearance
+
+    conc, clear = [h.score for h in CONCENTRATED], [h.score for h in CLEAR]
+    assert confidence(conc) > 2 * confidence(clear)          # the spread-normalised view
+    assert relative_clearance(conc) == pytest.approx((0.25 - 0.20955) / 0.25)
+    assert relative_clearance(clear) == pytest.approx((0.60 - 0.249) / 0.60)
+    # measured from the channel's zero, not from its lowest score
+    assert relative_clearance([3.0, 1.0, 1.0, 1.0]) == pytest.approx(2 / 3)
+    assert relative_clearance([3.0, 1.0, 1.0, 1.0], zero=1.0) == pytest.approx(1.0)
+    assert relative_clearance([-0.1, -0.2, -0.3]) == 0.0   # a top at or below the zero: nothing related
+    assert relative_clearance([0.9, 0.1]) == 0.0           # too few to say
+    assert relative_clearance([0.5] * 10) == 0.0
+
+
+def test_clearance_follows_the_clear_channel_where_confidence_follows_the_concentrated_one():
+    channels = {"clip": CONCENTRATED, "dense": CLEAR}
+    assert [i for i, _, _ in fuse(channels, {}, method="confidence")][0] == 100
+    fused = fuse(channels, {}, method="clearance")
+    assert [i for i, _, _ in fused][:2] == [1, 100]
+    # the weights are confidence x clearance per channel, on min-max scores
+    from query.fusion import confidence, relative_clearance
+    w = {name: confidence([h.score for h in hits]) * relative_clearance([h.score for h in hits])
+         for name, hits in channels.items()}
+    top = dict((i, s) for i, s, _ in fused)
+    assert top[1] == pytest.approx(w["dense"] * 1.0 + w["clip"] * (0.2119 - 0.2071) / (0.25 - 0.2071), rel=1e-3)
+
+
+def test_clearance_reads_each_channels_zero():
+    from query.fusion import confidence, confidence_weights
+
+    hits = [ChannelHit(i, 10.0 - i / 10) for i in range(1, 30)] + [ChannelHit(99, 20.0)]
+    hits = sorted(hits, key=lambda h: -h.score)
+    plain = confidence_weights({"x": hits, "y": CLEAR}, "clearance")["x"]
+    shifted = confidence_weights({"x": hits, "y": CLEAR}, "clearance", zeros={"x": 9.0})["x"]
+    z = confidence([h.score for h in hits])
+    median = 8.55  # of the 30 scores: (8.6 + 8.5) / 2
+    assert plain == pytest.approx(z * (20 - median) / 20)  # the gap is about half the top's height above 0
+    assert shifted == pytest.approx(z)  # and all of it (capped at 1) above 9
+    assert confidence_weights({"x": hits, "y": CLEAR}, "confidence")["x"] == pytest.approx(z)
+
+
 def test_min_max_fusion_is_relative_score():
     channels = {"clip": [ChannelHit(1, 0.9), ChannelHit(2, 0.6), ChannelHit(3, 0.3)],
                 "bm25": [ChannelHit(3, 10.0), ChannelHit(1, 5.0)]}
@@ -108,7 +158,7 @@ def test_min_max_fusion_is_relative_score():
     assert got == pytest.approx({1: 1.5, 2: 0.5, 3: 1.0})
 
 
-@pytest.mark.parametrize("method", ["rrf", "wrrf", "minmax", "zscore", "confidence"])
+@pytest.mark.parametrize("method", ["rrf", "wrrf", "minmax", "zscore", "confidence", "clearance"])
 def test_tiers_and_single_channels_hold_in_every_method(method):
     channels = {"clip": [ChannelHit(2, 0.9), ChannelHit(3, 0.8)], "dense": [ChannelHit(2, 0.7), ChannelHit(3, 0.6)],
                 "phash": [ChannelHit(7, 56.0), ChannelHit(3, 30.0)]}
@@ -132,5 +182,5 @@ def test_settings_list_the_methods_fusion_has():
 
     for method in METHODS:
         assert Settings.from_env({"IMGSEARCH_FUSION": method}).fusion == method
-    with pytest.raises(ConfigError, match="IMGSEARCH_FUSION must be one of rrf, wrrf, minmax, zscore, confidence"):
+    with pytest.raises(ConfigError, match="FUSION must be one of rrf, wrrf, minmax, zscore, confidence, clearance"):
         Settings.from_env({"IMGSEARCH_FUSION": "borda"})
