@@ -140,6 +140,13 @@ def build_store(settings: Settings, vectors: np.ndarray) -> tuple[ImageStore, fl
     return store, time.perf_counter() - t0
 
 
+def segment_sizes(settings: Settings, store: ImageStore) -> list[int]:
+    """Rows per sealed segment of an embedded collection: an HNSW search is one graph search
+    per segment (Milvus Lite flushes at 128 MB and compacts up to 100k rows a segment)."""
+    coll = lite_search.local_collection(settings.effective_milvus_uri(), store.physical_name())
+    return [s.num_rows for s in coll._segments_snapshot() if s.num_rows > 0] if coll is not None else []
+
+
 def store_fn(store: ImageStore):
     return lambda q: [h.id - 1 for h in store.search([q], K)[0]]
 
@@ -182,8 +189,10 @@ def run_size(n: int, args, rng: np.random.Generator, out) -> dict:
             cell, found = timed(store_fn(store), queries)
             cell["recall"], cell["build_s"] = recall(found, truth), build
             row[f"lite-{kind}"] = cell
+            segments = segment_sizes(settings, store)
             out(f"N={n:>8} lite {kind:<8} (fast) p50 {cell['p50']:8.2f} ms p99 {cell['p99']:8.2f} ms "
-                f"recall@10 {cell['recall']:.3f} (build {build:.0f} s) x{cell['p50'] / row['faiss']['p50']:.1f} faiss")
+                f"recall@10 {cell['recall']:.3f} (build {build:.0f} s) x{cell['p50'] / row['faiss']['p50']:.1f} faiss; "
+                f"{len(segments)} sealed segments of {min(segments, default=0)}-{max(segments, default=0)} rows")
             if args.own_queries:
                 lite_search.uninstall()
                 try:

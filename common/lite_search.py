@@ -56,13 +56,17 @@ _original_bm25 = None
 class _SegmentKeys:
     """Primary keys of one immutable segment: as an array, sorted, and the sort order."""
 
-    __slots__ = ("segment", "pks", "seqs", "order", "sorted")
+    __slots__ = ("key", "collection", "num_rows", "pks", "seqs", "order", "sorted")
 
     def __init__(self, segment) -> None:
-        self.segment = segment  # held so id(segment) is not reused while cached
+        # The segment itself is not held: a cache entry must not keep a dropped collection's
+        # segments (their vectors, tables and indexes: gigabytes at 1M rows) alive.
+        self.key = _segment_key(segment)
+        self.collection = _collection_of(segment)
+        self.num_rows = segment.num_rows
         pks = _int_keys(segment.pks)
         self.pks = pks if pks is not None else np.empty(0, dtype=object)  # object: not ours
-        self.seqs = np.asarray(segment.seqs, dtype=np.int64)
+        self.seqs = np.array(segment.seqs, dtype=np.int64)  # a copy: no view into the segment
         self.order = np.argsort(self.pks, kind="stable") if pks is not None else self.pks
         self.sorted = self.pks[self.order] if pks is not None else self.pks
 
@@ -77,6 +81,15 @@ class _SegmentKeys:
         return self.order[pos_clipped[which]], which
 
 
+MAX_COLLECTIONS = 16  # collections whose segment keys stay cached (a hybrid search reads 3)
+
+
+def _segment_key(segment) -> tuple:
+    """What identifies a segment's rows while it is cached: its object, its immutable data
+    file and its size (an id alone may be reused by a later segment once one is freed)."""
+    return id(segment), str(getattr(segment, "file_path", "") or ""), int(segment.num_rows)
+
+
 def _collection_of(segment) -> str:
     """The collection folder a segment's data file lies in (``<collection>/partitions/...``)."""
     path = str(getattr(segment, "file_path", "") or "")
@@ -88,7 +101,8 @@ class _Cache:
     """Per-segment keys and the newest-version mask of one set of segments."""
 
     def __init__(self) -> None:
-        self.keys: dict[int, _SegmentKeys] = {}
+        self.keys: dict[tuple, _SegmentKeys] = {}
+        self.recent: dict[str, None] = {}  # collections, least recently searched first
         self.winners: dict[tuple[int, ...], list[np.ndarray]] = {}
         self.after_delta: dict[tuple, list[np.ndarray]] = {}
         self.lock = threading.Lock()
@@ -99,21 +113,32 @@ class _Cache:
         one process searches several (images, texts, distinct-text vectors) in turn, and
         evicting the others' keys on every call rebuilt them on every query."""
         with self.lock:
-            live = {id(s) for s in segments}
+            wanted = [_segment_key(s) for s in segments]
+            live = set(wanted)
             groups = {_collection_of(s) for s in segments}
-            for key in [k for k, e in self.keys.items() if k not in live and _collection_of(e.segment) in groups]:
+            for key in [k for k, e in self.keys.items() if k not in live and e.collection in groups]:
                 del self.keys[key]
             out = []
-            for seg in segments:
-                entry = self.keys.get(id(seg))
-                if entry is None or entry.segment is not seg:
-                    entry = self.keys[id(seg)] = _SegmentKeys(seg)
+            for seg, key in zip(segments, wanted):
+                entry = self.keys.get(key)
+                if entry is None:
+                    entry = self.keys[key] = _SegmentKeys(seg)
                 out.append(entry)
+            # collections no longer searched (dropped, retired versions) keep at most their
+            # keys, and only for the MAX_COLLECTIONS most recently searched collections
+            for group in groups:
+                self.recent.pop(group, None)
+                self.recent[group] = None
+            while len(self.recent) > MAX_COLLECTIONS:
+                old = next(iter(self.recent))
+                del self.recent[old]
+                for key in [k for k, e in self.keys.items() if e.collection == old]:
+                    del self.keys[key]
             return out
 
     def newest(self, keys: list[_SegmentKeys]) -> list[np.ndarray]:
         """Per segment, True where the row is its key's newest version among ``keys``."""
-        sig = tuple(id(k.segment) for k in keys)
+        sig = tuple(k.key for k in keys)
         with self.lock:
             cached = self.winners.get(sig)
             if cached is not None:
@@ -174,7 +199,7 @@ def live_masks(segments, mt_pks, mt_seqs, delta_map: dict, mt_deletes: dict, del
     tombstone (delete index, memtable pending delete) with a higher seq exists for its key.
     None when the keys are not integers (the caller falls back)."""
     seg_keys = _cache.segment_keys(segments)
-    if any(k.pks.dtype.kind not in "iu" or len(k.pks) != k.segment.num_rows for k in seg_keys):
+    if any(k.pks.dtype.kind not in "iu" or len(k.pks) != k.num_rows for k in seg_keys):
         return None
     mt_keys = _int_keys(mt_pks)
     if mt_keys is None:
@@ -182,7 +207,7 @@ def live_masks(segments, mt_pks, mt_seqs, delta_map: dict, mt_deletes: dict, del
     mt_seq_arr = np.asarray(mt_seqs, dtype=np.int64)
     # Sealed rows after the delete index: cached per (segments, delete-index version), since
     # upserts leave a tombstone per replaced key and re-reading them per query is O(deletes).
-    sig = (tuple(id(k.segment) for k in seg_keys), delta_key)
+    sig = (tuple(k.key for k in seg_keys), delta_key)
     masks = _cache.after_delta.get(sig) if delta_key is not None else None
     if masks is None:
         masks = [m.copy() for m in _cache.newest(seg_keys)]
