@@ -222,6 +222,10 @@ class Settings:
                 "confidence), minmax, zscore (normalised scores), confidence (min-max scores "
                 "weighted by confidence), clearance (confidence times the top's clearance as a "
                 "share of its score). See README 'Fusion methods'."})
+    bm25_stopwords: str = field(default="english", metadata={
+        "help": "Stop words dropped from BM25 queries (the indexed texts keep them): english (Lucene's "
+                "33-word English set: a, the, for, on, not, ...) or none. A query of stop words only is "
+                "searched as it is."})
     phash_min_score: int = field(default=24, metadata={
         "help": "phash channel keeps hits with 64 - 2*hamming >= this (24: hamming <= 20; unrelated "
                 "photos sit near 32 bits apart). A ranking cut, not the duplicate threshold."})
@@ -440,6 +444,8 @@ def _validate_text(settings: "Settings") -> None:
     fusion_methods = ("rrf", "wrrf", "minmax", "zscore", "confidence", "clearance")
     if settings.fusion not in fusion_methods:
         raise ConfigError(f"{PREFIX}FUSION must be one of {', '.join(fusion_methods)}, got {settings.fusion!r}")
+    if settings.bm25_stopwords not in ("english", "none"):  # common.texts.STOP_WORD_SETS
+        raise ConfigError(f"{PREFIX}BM25_STOPWORDS must be english or none, got {settings.bm25_stopwords!r}")
     if not -64 <= settings.phash_tier_score <= 65:
         raise ConfigError(f"{PREFIX}PHASH_TIER_SCORE must be -64..65 (65: no tier), got {settings.phash_tier_score}")
     from common.vector_index import INDEX_TYPES

@@ -41,6 +41,38 @@ BOX_LEN = 8
 DELETE_IDS = 1000
 ROWS_LIMIT = 16384  # Milvus' largest query window: rows fetched for one dense search's texts
 TOKEN_RE = re.compile(r"\w+", re.UNICODE)
+# Lucene's English stop words: EnglishAnalyzer.ENGLISH_STOP_WORDS_SET (the classic 33 of
+# StopAnalyzer, org.apache.lucene.analysis.en), "no" and "not" included. Dropped from BM25
+# *queries* only (IMGSEARCH_BM25_STOPWORDS); the indexed texts keep every word.
+ENGLISH_STOP_WORDS = frozenset((
+    "a", "an", "and", "are", "as", "at", "be", "but", "by", "for", "if", "in", "into", "is", "it",
+    "no", "not", "of", "on", "or", "such", "that", "the", "their", "then", "there", "these", "they",
+    "this", "to", "was", "will", "with"))
+STOP_WORD_SETS = {"english": ENGLISH_STOP_WORDS, "none": frozenset()}
+_JOINER = "'\u2019."  # it's, U.S.: one token to the analyser (Unicode word rules), two to TOKEN_RE
+
+
+def bm25_query(text: str, stop_words: frozenset[str] = ENGLISH_STOP_WORDS) -> str:
+    """``text`` without its stop words (TOKEN_RE tokens, case-insensitive), for a BM25 query.
+
+    A stop word shares nothing of a query's meaning, yet BM25 scores it like any term: a
+    sign that shares only "for" and "on" with a paraphrase ranked first. Everything else of
+    the text stays as it was, so the analyser splits the rest as before; a token joined to
+    a word by an apostrophe or a period ("it's") is kept. If every token is a stop word
+    ("to be or not to be") the text is returned unchanged: that query means those words."""
+    if not stop_words:
+        return text
+
+    def drop(m: re.Match) -> str:
+        if m.group().lower() not in stop_words:
+            return m.group()
+        before, after = text[max(m.start() - 2, 0):m.start()], text[m.end():m.end() + 2]
+        joined = (len(before) == 2 and before[1] in _JOINER and before[0].isalnum()) or \
+                 (len(after) == 2 and after[0] in _JOINER and after[1].isalnum())
+        return m.group() if joined else " "
+
+    kept = TOKEN_RE.sub(drop, text)
+    return kept if TOKEN_RE.search(kept) else text
 
 
 def text_id(image_id: int, kind: str, position: int) -> int:
@@ -283,8 +315,12 @@ class TextStore:
     # -- search -------------------------------------------------------------------------
     def search_bm25(self, queries: Sequence[str], limit: int, image_filter: Sequence[int] | None = None
                     ) -> list[list[TextHit]]:
-        """Best text rows by BM25 for each query string (Milvus' BM25 function on ``text``)."""
-        return self._search(list(queries), "sparse", "BM25", limit, image_filter)
+        """Best text rows by BM25 for each query string (Milvus' BM25 function on ``text``).
+
+        The query's stop words (IMGSEARCH_BM25_STOPWORDS, default Lucene's English set) are
+        dropped first (``bm25_query``); the indexed texts keep theirs."""
+        stop_words = STOP_WORD_SETS[self.settings.bm25_stopwords]
+        return self._search([bm25_query(q, stop_words) for q in queries], "sparse", "BM25", limit, image_filter)
 
     def search_dense(self, vectors: Sequence[Sequence[float]], limit: int,
                      image_filter: Sequence[int] | None = None) -> list[list[TextHit]]:

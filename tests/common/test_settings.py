@@ -31,6 +31,7 @@ def test_env_values_are_parsed_and_typed(tmp_path):
     ({"IMGSEARCH_OCR_MIN_CONFIDENCE": "high"}, "IMGSEARCH_OCR_MIN_CONFIDENCE must be a number"),
     ({"IMGSEARCH_FUSION_WEIGHTS": "clip"}, "IMGSEARCH_FUSION_WEIGHTS takes channel=weight"),
     ({"IMGSEARCH_FUSION_WEIGHTS": "clip=-1"}, "IMGSEARCH_FUSION_WEIGHTS takes channel=weight"),
+    ({"IMGSEARCH_BM25_STOPWORDS": "german"}, "IMGSEARCH_BM25_STOPWORDS must be english or none"),
 ])
 def test_bad_values_name_the_variable(env, fragment):
     with pytest.raises(ConfigError, match=fragment):

@@ -7,7 +7,7 @@ import pytest
 
 from common.errors import ModelMismatchError
 from common.models.text import load_text_encoder
-from common.texts import TextItem, TextStore, text_id, text_key
+from common.texts import ENGLISH_STOP_WORDS, TextItem, TextStore, bm25_query, text_id, text_key
 
 
 @pytest.fixture
@@ -47,6 +47,30 @@ def test_exact_codes_by_bm25_and_paraphrases_by_dense_vectors(texts):
     assert [(r["kind"], r["position"], r["text"]) for r in rows] == [("ocr", 0, "SERIAL XK-4471-B"),
                                                                    ("ocr", 1, "made in Germany")]
     assert rows[0]["box"] == pytest.approx([0, 0, 10, 0, 10, 5, 0, 5])
+
+
+def test_bm25_query_drops_lucene_english_stop_words_only():
+    assert len(ENGLISH_STOP_WORDS) == 33 and {"no", "not", "the", "with"} <= ENGLISH_STOP_WORDS
+    assert bm25_query("Complimentary hot drinks FOR guests On Saturday").split() == [
+        "Complimentary", "hot", "drinks", "guests", "Saturday"]
+    assert bm25_query("SERIAL XK-4471-B, made in Germany") == "SERIAL XK-4471-B, made   Germany"
+    assert bm25_query("it's open") == "it's open"  # one token to the analyser: kept
+    assert bm25_query("To be, or not to be") == "To be, or not to be"  # only stop words: unchanged
+    assert bm25_query("") == ""
+    assert bm25_query("for the guests", frozenset()) == "for the guests"
+
+
+def test_bm25_ignores_query_stop_words_unless_the_query_has_nothing_else(texts, make_settings):
+    store, _, put = texts
+    put(10, [TextItem("ocr", "parking for staff on weekdays")])  # shares only "for", "on" with the query
+    put(11, [TextItem("ocr", "visitors welcome")])  # shares a content word
+    put(12, [TextItem("ocr", "to be or not to be")])
+    query = "guided tours for visitors on request"
+    assert [h.image_id for h in store.search_bm25([query], 5)[0]] == [11]
+    assert store.search_bm25(["To be, or not to be?"], 5)[0][0].image_id == 12
+    assert store.search_bm25(["SERIAL for"], 5)[0] == []  # "for" alone would have found row 10
+    unfiltered = TextStore(make_settings(bm25_stopwords="none"))
+    assert {h.image_id for h in unfiltered.search_bm25([query], 5)[0]} == {10, 11}
 
 
 def test_replacing_leaves_no_stale_rows_and_ids_are_stable(texts):
