@@ -215,17 +215,23 @@ def test_rows_read_column_wise_are_the_engines_query_rows(make_settings):
     assert lite_search.direct_rows(db, store.alias, "image_id in [3, 4]", fields) == []
 
 
+def _flushed_store(settings, rng: np.random.Generator, n: int) -> ImageStore:
+    """An images collection of ``n`` random rows, flushed into a sealed segment."""
+    store = ImageStore(settings)
+    store.ensure(SPEC)
+    store.upsert([_row(i, v) for i, v in enumerate(_unit(rng.normal(size=(n, DIM))), 1)])
+    store.flush()
+    return store
+
+
 def test_searching_collections_in_turn_keeps_each_ones_segment_keys(make_settings, monkeypatch):
     """A hybrid search reads three collections in turn; the keys of one's segments must stay
     cached while another is searched (they were rebuilt on every query)."""
     from common.texts import TextItem, TextStore
 
     settings = make_settings()
-    images = ImageStore(settings)
-    images.ensure(SPEC)
     rng = np.random.default_rng(5)
-    images.upsert([_row(i, v) for i, v in enumerate(_unit(rng.normal(size=(300, DIM))), 1)])
-    images.flush()
+    images = _flushed_store(settings, rng, 300)
     texts = TextStore(settings)
     texts.ensure("toy-text-model", 4)
     texts.replace_many({i: ([TextItem("tag", f"word{i % 9}")], _unit(rng.normal(size=(1, 4))).tolist())
@@ -255,11 +261,8 @@ def test_the_key_cache_holds_no_segment(make_settings):
     from milvus_lite.storage.segment import Segment
 
     settings = make_settings()
-    store = ImageStore(settings)
-    store.ensure(SPEC)
     rng = np.random.default_rng(9)
-    store.upsert([_row(i, v) for i, v in enumerate(_unit(rng.normal(size=(200, DIM))), 1)])
-    store.flush()
+    store = _flushed_store(settings, rng, 200)
     store.search(_unit(rng.normal(size=(1, DIM))), 5)
     assert lite_search._cache.keys  # the search cached its segments' keys
     root = str(settings.data_dir)
