@@ -362,6 +362,7 @@ def execute_search_fast(query_vectors, segments, memtable, delta_index, top_k, m
         def project(record: dict) -> dict:
             return {k: record[k] for k in keep if k in record}
 
+    wanted = None if output_fields is None else [pk_field, *(f for f in output_fields if f != pk_field)]
     results = []
     for q in range(nq):
         best = sorted(candidates[q])[:top_k]  # (distance, source, row): deterministic on ties
@@ -369,7 +370,7 @@ def execute_search_fast(query_vectors, segments, memtable, delta_index, top_k, m
         for dist, source_idx, local_id in best:
             if source_idx < n_segments:
                 seg = sources[source_idx]
-                record = _segment_record(seg, local_id, output_fields, pk_field)
+                record = _segment_record(seg, local_id, wanted)
                 pk = record.get(pk_field, seg.pks[local_id])
             else:
                 batch_idx, row_idx = mt_row_refs[local_id]
@@ -380,17 +381,20 @@ def execute_search_fast(query_vectors, segments, memtable, delta_index, top_k, m
     return results
 
 
-def _segment_record(seg, row: int, output_fields, pk_field: str) -> dict:
-    """The fields of one sealed-segment row that a search hit shows: only the primary key and
-    the requested columns when every requested field is a column of the segment (what our
+def _has_columns(seg, fields) -> bool:
+    """Whether every one of ``fields`` is a plain column of the segment's table."""
+    columns = seg.table.schema.names
+    return all(name in columns for name in fields)
+
+
+def _segment_record(seg, row: int, wanted: list[str] | None) -> dict:
+    """The fields of one sealed-segment row that a search hit shows: only ``wanted`` (the
+    primary key and the requested fields) when each is a column of the segment (what our
     searches ask: ``["uri"]``), else the whole row as Milvus Lite builds it (``*``, dynamic
     fields). ``row_to_dict`` converts every column, the 512 floats of each vector field
     included: ~40 us per hit, more than a faiss HNSW search of the segment."""
-    if output_fields is not None:
-        columns = seg.table.schema.names
-        wanted = [pk_field, *(f for f in output_fields if f != pk_field)]
-        if all(name in columns for name in wanted):
-            return {name: seg.table.column(name)[row].as_py() for name in wanted}
+    if wanted is not None and _has_columns(seg, wanted):
+        return {name: seg.table.column(name)[row].as_py() for name in wanted}
     return seg.row_to_dict(row)
 
 
@@ -522,7 +526,6 @@ def _sparse_liveness(segments, memtable, delta_snap, mt_deletes):
     return masks, newest
 
 
-
 def _add_candidates(per_query: list[list], local_ids, dists, top_k: int, pks, ref_of) -> None:
     """Append each query's hits of one index (``local_ids``/``dists`` rows, ``-1`` ends a row)
     as ``(distance, pk, ref)`` candidates: the segment and memtable searches share this."""
@@ -532,6 +535,7 @@ def _add_candidates(per_query: list[list], local_ids, dists, top_k: int, pks, re
             if lid < 0:
                 break
             per_query[qi].append((float(dists[qi, j]), pks[lid], ref_of(lid)))
+
 
 def search_sparse_fast(
     self,
@@ -785,8 +789,8 @@ def direct_rows(db_path: str, name: str, expr: str, fields: list[str]) -> list[d
     is not a plain column (ask the client). ``Collection.query`` builds each row as
     a whole dict first (``row_to_dict``: every column, sparse vectors included, ~25 us a row):
     a text shared by a thousand images is a thousand such rows per query."""
-    coll = local_collection(db_path, name)
-    if coll is None or not _installed:
+    coll = local_collection(db_path, name)  # None too when the fast path is not installed
+    if coll is None:
         return None
     coll._require_loaded()
     compiled = coll._compile_filter(expr) if expr else None
@@ -795,7 +799,7 @@ def direct_rows(db_path: str, name: str, expr: str, fields: list[str]) -> list[d
     pks, seqs, _vecs, sources, filter_mask = assemble_candidates_fast(
         seg_snap, coll._memtable, coll._vector_name, None, compiled, plan)
     rows = pks.rows
-    if any(f not in s.table.schema.names for s in rows.segments for f in fields):
+    if not all(_has_columns(s, fields) for s in rows.segments):
         return None
     mask = build_valid_mask_fast(pks, seqs, delta_snap, filter_mask=filter_mask, memtable=coll._memtable)
     live = np.flatnonzero(mask)
@@ -915,7 +919,6 @@ def bm25_search_fast(self, query_sparse_vectors, top_k, valid_mask=None):
         return all_ids, all_dists
     n_docs, k1, b = self.doc_count, self.k1, self.b
     avgdl = self.avgdl if self.avgdl > 0 else 1.0
-    lengths = np.asarray(self._doc_lengths, dtype=np.float64)
     for qi in range(nq):
         touched: list[np.ndarray] = []
         parts: list[np.ndarray] = []
@@ -931,7 +934,8 @@ def bm25_search_fast(self, query_sparse_vectors, top_k, valid_mask=None):
                     continue
             df = self._df[term]
             idf = math.log((n_docs - df + 0.5) / (df + 0.5) + 1.0)
-            norm = (tfs * (k1 + 1.0)) / (tfs + k1 * (1.0 - b + b * lengths[ids] / avgdl))
+            lengths = self._doc_lengths[ids].astype(np.float64)  # only the documents of this term
+            norm = (tfs * (k1 + 1.0)) / (tfs + k1 * (1.0 - b + b * lengths / avgdl))
             touched.append(ids)
             parts.append(idf * norm * float(weight))
         if not touched:

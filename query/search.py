@@ -183,14 +183,12 @@ class SearchService:
         # rank order, a window at a time, until k are known: the fused list holds every hit
         # of every channel (hundreds), the answer only k.
         out: list[FusedHit] = []
-        asked: set[int] = set()
         pos = 0
-        while len(out) < q.k and pos < len(fused):
+        while len(out) < q.k and pos < len(fused):  # windows are disjoint: each id is asked once
             window = fused[pos:pos + max(q.k - len(out), URI_WINDOW)]
             pos += len(window)
-            missing = [i for i, _, _ in window if i not in uris and i not in asked]
+            missing = [i for i, _, _ in window if i not in uris]
             if missing:
-                asked.update(missing)
                 uris.update(self.store.uris(missing, q.filter_expr))
             out.extend(FusedHit(i, uris[i], score, evidence) for i, score, evidence in window if i in uris)
         return out[:q.k]
