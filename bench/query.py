@@ -205,6 +205,11 @@ def main() -> int:
     scale_args.add_argument("--hybrid", action="store_true",
                             help="also the fused text search (clip+bm25+dense) through SearchService")
     scale_args.add_argument("--hybrid-queries", type=int, default=40)
+    scale_args.add_argument("--hybrid-only", action="store_true",
+                            help="only the fused text search (no numpy/faiss/lite/server cells); implies --hybrid")
+    scale_args.add_argument("--hybrid-dir", default="",
+                            help="keep the hybrid collection of size N in DIR/N and reuse it when it is "
+                                 "complete (re-time after a code change without the build: ~40 min at 1M)")
     args = parser.parse_args()
     stop_cleanly_on_sigterm()
     if args.scale:

@@ -69,6 +69,29 @@ def scratch_dir(prefix: str):
                 time.sleep(1)
 
 
+BUILT = "BUILT"  # written into a kept hybrid collection's folder once it is complete
+
+
+@contextlib.contextmanager
+def hybrid_dir(root: str, n: int):
+    """(folder, already built?) for the hybrid collection of size ``n``: a scratch folder
+    removed afterwards, or with ``--hybrid-dir`` ``root/n``, kept, and reused when an earlier
+    run completed it (a half-built one is started afresh)."""
+    if not root:
+        with scratch_dir("imgsearch-hybrid-") as tmp:
+            yield tmp, False
+        return
+    path = Path(root) / str(n)
+    built = (path / BUILT).exists()
+    if not built and path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield path, built
+    finally:
+        close_clients()
+
+
 def make_vectors(n: int, dim: int, kind: str, rng: np.random.Generator) -> np.ndarray:
     if kind == "random":
         v = rng.normal(size=(n, dim)).astype(np.float32)
@@ -162,6 +185,9 @@ def run_size(n: int, args, rng: np.random.Generator, out) -> dict:
     import faiss
 
     row: dict = {"n": n}
+    if args.hybrid_only:
+        row["hybrid"] = run_hybrid(n, args, rng, out)
+        return row
     vectors = make_vectors(n, DIM, args.data, rng)
     queries = make_queries(vectors, args.queries, rng)
     truth = exact_topk(vectors, queries, K)
@@ -239,7 +265,7 @@ def run_hybrid(n: int, args, rng: np.random.Generator, out) -> dict:
     from common.texts import TextItem, TextStore, vectors_name
     from query.search import SearchService
 
-    with scratch_dir("imgsearch-hybrid-") as tmp:
+    with hybrid_dir(args.hybrid_dir, n) as (tmp, built):
         settings = Settings.from_env({}, clip_model="imgsearch-fmnist-lit-minilm",  # bundled: no weights to fetch
                                      data_dir=Path(tmp), collection="bench", vector_index="HNSW",
                                      clip_pretrained=args.pretrained)
@@ -251,7 +277,7 @@ def run_hybrid(n: int, args, rng: np.random.Generator, out) -> dict:
         texts.ensure(encoder.label, encoder.dim)
         t0 = time.perf_counter()
         vocab = _unit_rows(rng.normal(size=(1000, encoder.dim)))
-        for s in range(0, n, ROWS_PER_UPSERT):
+        for s in range(0, 0 if built else n, ROWS_PER_UPSERT):
             m = min(ROWS_PER_UPSERT, n - s)
             vecs = make_vectors(m, model.spec.dim, args.data, rng)
             store.upsert([{"id": s + i + 1, "uri": f"s3://bench/{s + i + 1}.jpg", "etag": "e", "source": "s3://bench/",
@@ -270,15 +296,18 @@ def run_hybrid(n: int, args, rng: np.random.Generator, out) -> dict:
         wait_for_indexes(settings, store.physical_name(), "clip")
         wait_for_indexes(settings, vectors_name(texts.physical_name()), "dense")
         build = time.perf_counter() - t0
+        if args.hybrid_dir and not built:
+            (Path(tmp) / BUILT).write_text(f"{n} images, built in {build:.0f} s\n")
         service = SearchService(settings)
         channels = ["clip", "bm25", "dense"]
         for p in PHRASES[:3]:
             service.search(text=p, k=K, channels=channels)  # warm: models, indexes, caches
         cell, _ = timed(lambda p: service.search(text=p, k=K, channels=channels),
                         [PHRASES[j % len(PHRASES)] for j in range(args.hybrid_queries)])
-        cell["build_s"] = build
+        if not built:
+            cell["build_s"] = build
         out(f"N={n:>8} hybrid clip+bm25+dense (embedded, HNSW) p50 {cell['p50']:8.2f} ms p99 {cell['p99']:8.2f} ms "
-            f"({n} images, {n + n // 10} text rows; build {build:.0f} s)")
+            f"({n} images, {n + n // 10} text rows; {'reused ' + str(tmp) if built else f'build {build:.0f} s'})")
     return cell
 
 

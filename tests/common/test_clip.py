@@ -67,6 +67,31 @@ def test_text_tower_is_the_frozen_minilm(make_settings):
     assert cosines(ours, st).min() >= 0.9999
 
 
+def test_text_padding_is_cut_only_where_the_vectors_stay_the_same(make_settings):
+    """Text queries go in without their trailing pads (a handful of tokens, not 64): the
+    reference model's vectors equal those at the full context length, for a batch of
+    different lengths; towers that read their pads keep them."""
+    from common.models.clip import padding_id, trim_padding
+
+    model = load_clip(reference.REFERENCE_MODEL, "", make_settings())
+    texts = ["a red sneaker", "warm winter coat with a hood and two deep pockets", "x"]
+    full = model.tokenizer(texts)
+    cut = trim_padding(full, model.pad_id)
+    assert model.pad_id is not None and cut.shape[1] < full.shape[1] // 3
+    assert (cut != model.pad_id).sum() == (full != model.pad_id).sum()  # no real token is lost
+    with torch.inference_mode():
+        want = torch.nn.functional.normalize(model.model.encode_text(full), dim=-1).numpy()
+    assert cosines(model.encode_texts(texts), want).min() >= 0.99999
+
+    # open_clip's own towers keep their pads (see padding_id): the CLIP class, a causal
+    # TextTransformer (it fails on a shorter input), a bidirectional last-token one (SigLIP)
+    assert padding_id(open_clip.create_model("RN50", pretrained=None)) is None  # random weights
+    for extra in ({}, {"no_causal_mask": True, "pool_type": "last"}):
+        tower = open_clip.transformer.TextTransformer(context_length=77, vocab_size=49408, width=64, heads=2,
+                                                      layers=1, output_dim=32, **extra)
+        assert padding_id(type("Custom", (), {"text": tower})()) is None
+
+
 @pytest.mark.slow
 def test_full_size_vit_b_32_batched_equals_one_image_path(make_settings, samples_dir):
     """The production architecture (random weights, seeded: no weights offline)."""
