@@ -32,6 +32,7 @@ import itertools
 import logging
 import math
 import os
+import re
 import threading
 from importlib import metadata
 from typing import Any
@@ -56,7 +57,7 @@ _original_bm25 = None
 class _SegmentKeys:
     """Primary keys of one immutable segment: as an array, sorted, and the sort order."""
 
-    __slots__ = ("key", "collection", "num_rows", "pks", "seqs", "order", "sorted")
+    __slots__ = ("key", "collection", "num_rows", "pks", "seqs", "order", "sorted", "columns")
 
     def __init__(self, segment) -> None:
         # The segment itself is not held: a cache entry must not keep a dropped collection's
@@ -69,6 +70,7 @@ class _SegmentKeys:
         self.seqs = np.array(segment.seqs, dtype=np.int64)  # a copy: no view into the segment
         self.order = np.argsort(self.pks, kind="stable") if pks is not None else self.pks
         self.sorted = self.pks[self.order] if pks is not None else self.pks
+        self.columns: dict[str, tuple[np.ndarray, np.ndarray] | None] = {}  # see column_mask
 
     def rows_of(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(row indexes in this segment, index into ``keys``) of the keys present here."""
@@ -79,6 +81,33 @@ class _SegmentKeys:
         hit = self.sorted[pos_clipped] == keys
         which = np.nonzero(hit)[0]
         return self.order[pos_clipped[which]], which
+
+
+    def column_mask(self, segment, field: str, values: np.ndarray) -> np.ndarray | None:
+        """True on this segment's rows whose integer column ``field`` holds one of ``values``,
+        by binary search into the column sorted once (cached here: the segment is immutable);
+        None when the column is not a plain integer column without nulls."""
+        if field not in self.columns:
+            index = None
+            if field in segment.table.schema.names:
+                column = segment.table.column(field)
+                if column.null_count == 0:
+                    arr = column.to_numpy()
+                    if arr.dtype.kind in "iu" and len(arr) == self.num_rows:
+                        order = np.argsort(arr, kind="stable")
+                        index = (arr[order].astype(np.int64, copy=False), order)
+            self.columns[field] = index
+        index = self.columns[field]
+        if index is None:
+            return None
+        ordered, order = index
+        mask = np.zeros(self.num_rows, dtype=bool)
+        lo = np.searchsorted(ordered, values, side="left")
+        hi = np.searchsorted(ordered, values, side="right")
+        for a, b in zip(lo.tolist(), hi.tolist()):
+            if b > a:
+                mask[order[a:b]] = True
+        return mask
 
 
 MAX_COLLECTIONS = 16  # collections whose segment keys stay cached (a hybrid search reads 3)
@@ -443,10 +472,12 @@ class _RowSources(_RowPks):
 
 
 def assemble_candidates_fast(segments, memtable, vector_field, partition_names=None, filter_compiled=None,
-                             indexed_filter_plan=None):
+                             indexed_filter_plan=None, sealed_masks=None):
     """Drop-in for ``milvus_lite.search.assembler.assemble_candidates`` as ``Collection.query``
     uses it: the same rows in the same order, as lazy sequences (no per-row tuples, no copy
-    of the vectors, which a scalar query never reads)."""
+    of the vectors, which a scalar query never reads). ``sealed_masks`` (ours): a callable
+    that gives the filter of the sealed segments kept here (a mask per segment) or None;
+    the memtable's rows are then filtered by ``filter_compiled`` from the same snapshot."""
     from milvus_lite.search.filter import evaluate_mask
     from milvus_lite.search.indexed_filter import evaluate_segment_filter
 
@@ -460,8 +491,9 @@ def assemble_candidates_fast(segments, memtable, vector_field, partition_names=N
     all_seqs = np.concatenate(seqs) if seqs else np.zeros(0, dtype=np.uint64)
     filter_mask = None
     if filter_compiled is not None:
-        parts = [np.asarray(evaluate_segment_filter(s, filter_compiled, indexed_filter_plan), dtype=bool)
-                 for s in segs]
+        given = sealed_masks(segs) if sealed_masks is not None else None
+        parts = given if given is not None else [
+            np.asarray(evaluate_segment_filter(s, filter_compiled, indexed_filter_plan), dtype=bool) for s in segs]
         if mt_pks and mt_table is not None:
             parts.append(np.asarray(evaluate_mask(filter_compiled, mt_table), dtype=bool))
         elif mt_pks:
@@ -783,12 +815,65 @@ def direct_search(db_path: str, name: str, data: list, anns_field: str, limit: i
                        search_params=search_params.get("params") or None)
 
 
-def direct_rows(db_path: str, name: str, expr: str, fields: list[str]) -> list[dict] | None:
-    """Every live row of ``name`` matching ``expr``, as ``{field: value}`` for ``fields`` (scalar
+_IN_LIST = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s+in\s+\[([-0-9,\s]*)\]\s*")
+
+
+def _in_list(expr: str) -> tuple[str, np.ndarray] | None:
+    """(field, values) of an expression ``field in [int, ...]`` and nothing else, or None."""
+    m = _IN_LIST.fullmatch(expr)
+    if m is None:
+        return None
+    body = [v for v in m.group(2).replace(" ", "").split(",") if v]
+    try:
+        return m.group(1), np.unique(np.array([int(v) for v in body], dtype=np.int64))
+    except ValueError:
+        return None
+
+
+def _sealed_in_list_masks(segments, expr: str) -> list[np.ndarray] | None:
+    """Per sealed segment, the rows matching ``field in [ints]`` by binary search into that
+    segment's cached sorted column, or None (another expression; not an integer column).
+    Milvus Lite evaluates such a filter with pyarrow over every row of every segment on
+    every call: ~9 ms at 1.1M text rows, where the lookup takes microseconds."""
+    parsed = _in_list(expr)
+    if parsed is None:
+        return None
+    field, values = parsed
+    keys = _cache.segment_keys(segments)
+    masks = []
+    for seg, entry in zip(segments, keys):
+        mask = entry.column_mask(seg, field, values)
+        if mask is None:
+            return None
+        masks.append(mask)
+    return masks
+
+
+def _take(column, rows: np.ndarray) -> list:
+    """``column.take(rows).to_pylist()`` chunk by chunk: pyarrow's take on a chunked column
+    joins its chunks first (a copy of the whole column: 7 ms for 150 texts of a segment of
+    1.1M rows), a take per chunk copies only what is taken."""
+    if column.num_chunks <= 1:
+        return column.take(rows).to_pylist()
+    bounds = np.cumsum([0] + [len(c) for c in column.chunks])
+    which = np.searchsorted(bounds, rows, side="right") - 1
+    out: list = [None] * len(rows)
+    for chunk in np.unique(which).tolist():
+        picked = np.flatnonzero(which == chunk)
+        values = column.chunk(chunk).take(rows[picked] - bounds[chunk]).to_pylist()
+        for i, v in zip(picked.tolist(), values):
+            out[i] = v
+    return out
+
+
+def direct_columns(db_path: str, name: str, expr: str, fields: list[str]) -> dict[str, list] | None:
+    """Every live row of ``name`` matching ``expr`` as one list per field of ``fields`` (scalar
     columns of the schema), read column-wise; None when the collection is not local or a field
     is not a plain column (ask the client). ``Collection.query`` builds each row as
     a whole dict first (``row_to_dict``: every column, sparse vectors included, ~25 us a row):
-    a text shared by a thousand images is a thousand such rows per query."""
+    a text shared by a thousand images is a thousand such rows per query. An expression
+    ``field in [ints]`` (the texts' key and id lookups) is answered from per-segment sorted
+    columns instead of a filter over every row (:meth:`_SegmentKeys.column_mask`)."""
     coll = local_collection(db_path, name)  # None too when the fast path is not installed
     if coll is None:
         return None
@@ -796,28 +881,38 @@ def direct_rows(db_path: str, name: str, expr: str, fields: list[str]) -> list[d
     compiled = coll._compile_filter(expr) if expr else None
     plan = coll._indexed_filter_plan(compiled) if compiled is not None else None
     seg_snap, delta_snap = coll._read_snapshot()
-    pks, seqs, _vecs, sources, filter_mask = assemble_candidates_fast(
-        seg_snap, coll._memtable, coll._vector_name, None, compiled, plan)
+    pks, seqs, _vecs, _sources, filter_mask = assemble_candidates_fast(
+        seg_snap, coll._memtable, coll._vector_name, None, compiled, plan,
+        sealed_masks=lambda segs: _sealed_in_list_masks(segs, expr))
     rows = pks.rows
     if not all(_has_columns(s, fields) for s in rows.segments):
         return None
     mask = build_valid_mask_fast(pks, seqs, delta_snap, filter_mask=filter_mask, memtable=coll._memtable)
     live = np.flatnonzero(mask)
-    out: list[dict] = []
+    out: dict[str, list] = {f: [] for f in fields}
     n_seg = len(rows.segments)
     owner = np.searchsorted(rows.starts, live, side="right") - 1
     for src in np.unique(owner):
         local = live[owner == src] - int(rows.starts[src])
         if src < n_seg:
             table = rows.segments[src].table
-            columns = [table.column(f).take(local).to_pylist() for f in fields]
-            out.extend(dict(zip(fields, values)) for values in zip(*columns))
+            for f in fields:
+                out[f].extend(_take(table.column(f), local))
         else:
             for r in local:
                 batch_idx, row_idx = rows.mt_refs[int(r)]
                 record = rows.memtable.materialize_row(batch_idx, row_idx)
-                out.append({f: record.get(f) for f in fields})
+                for f in fields:
+                    out[f].append(record.get(f))
     return out
+
+
+def direct_rows(db_path: str, name: str, expr: str, fields: list[str]) -> list[dict] | None:
+    """:func:`direct_columns` as one ``{field: value}`` per row."""
+    columns = direct_columns(db_path, name, expr, fields)
+    if columns is None:
+        return None
+    return [dict(zip(fields, values)) for values in zip(*(columns[f] for f in fields))]
 
 
 def indexes_ready(db_path: str, name: str, field: str) -> bool | None:

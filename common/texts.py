@@ -29,6 +29,8 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from common import lite_search
 from common.errors import ModelMismatchError
 from common.settings import Settings
@@ -365,13 +367,16 @@ class TextStore:
         if self.settings.milvus_uri:
             return None
         db = self.settings.effective_milvus_uri()
-        keys = lite_search.direct_rows(db, self.alias, expr, ["id", "text_key"])
+        keys = lite_search.direct_columns(db, self.alias, expr, ["id", "text_key"])
         if keys is None:
             return None
-        keys.sort(key=lambda r: (-scores[int(r["text_key"])], int(r["id"])))
-        best = [int(r["id"]) for r in keys[:limit]]
-        if not best:
+        ids = np.asarray(keys["id"], dtype=np.int64)
+        if not len(ids):
             return []
+        lookup = np.array(sorted(scores), dtype=np.int64)
+        key_scores = np.array([scores[int(k)] for k in lookup], dtype=np.float64)
+        row_scores = key_scores[np.searchsorted(lookup, np.asarray(keys["text_key"], dtype=np.int64))]
+        best = ids[np.lexsort((ids, -row_scores))[:limit]].tolist()  # best text first, then row id
         return lite_search.direct_rows(db, self.alias, f"id in {best}", fields)
 
     def _direct(self, name: str, data: list, field: str, limit: int, expr: str, fields: list[str],

@@ -207,12 +207,24 @@ def test_rows_read_column_wise_are_the_engines_query_rows(make_settings):
     fields = ["id", "image_id", "kind", "text", "text_key"]
     keys = sorted({int(r["text_key"]) for r in store.client.query(store.alias, filter="kind == 'tag'",
                                                                       output_fields=["text_key"], limit=1000)})
-    for expr in (f"text_key in {keys[:2]}", f"text_key in {keys}", "image_id in [3, 50, 51, 119]"):
+    row_ids = sorted(int(r["id"]) for r in store.client.query(store.alias, filter="image_id in [3, 5, 60, 119]",
+                                                              output_fields=["id"], limit=1000))
+    # "field in [ints]" is answered from the sealed segments' sorted columns (and the
+    # memtable by Milvus Lite's own filter); any other expression by Milvus Lite's filter
+    for expr in (f"text_key in {keys[:2]}", f"text_key in {keys}", "image_id in [3, 50, 51, 119]",
+                 f"id in {row_ids + [7, 10 ** 15]}", f"text_key in {keys[:1]} and image_id in [50, 60]",
+                 "kind == 'tag'"):
         fast = lite_search.direct_rows(db, store.alias, expr, fields)
         own = store.client.query(store.alias, filter=expr, output_fields=fields, limit=16384)
         assert sorted(map(sorted, (r.items() for r in fast))) == sorted(map(sorted, (r.items() for r in own)))
         assert fast
+    sealed = [s for s in lite_search.local_collection(db, store.physical_name())._read_snapshot()[0] if s.num_rows]
+    assert sealed and all(m.any() for m in lite_search._sealed_in_list_masks(sealed, f"text_key in {keys}"))
+    assert lite_search._sealed_in_list_masks(sealed, "kind == 'tag'") is None
     assert lite_search.direct_rows(db, store.alias, "image_id in [3, 4]", fields) == []
+    assert lite_search.direct_rows(db, store.alias, "image_id in []", fields) == []
+    columns = lite_search.direct_columns(db, store.alias, "image_id in [50, 119]", ["id", "image_id"])
+    assert sorted(columns["image_id"]) == [50, 50, 119, 119] and len(columns["id"]) == 4
 
 
 def _flushed_store(settings, rng: np.random.Generator, n: int) -> ImageStore:
