@@ -16,6 +16,8 @@ For each size N, the same N vectors and the same queries go through
   embedded collection of N images (HNSW) and N text rows (a tag from a 1000-word vocabulary
   on every image, a unique OCR line on every tenth); text vectors are random unit vectors
   (the latency does not depend on what they mean). No recall: there is no exact fused truth.
+  ``--hybrid-only`` measures only this cell; ``--hybrid-dir DIR`` keeps each size's collection
+  in ``DIR/N`` and reuses it once complete (re-time a code change without the build).
 
 Each cell prints p50/p99 latency in ms with recall@10 against numpy beside it. The vectors
 are clustered (``--data clustered``: points around N/1000 random centres, queries near data
