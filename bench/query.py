@@ -209,7 +209,7 @@ def main() -> int:
                             help="only the fused text search (no numpy/faiss/lite/server cells); implies --hybrid")
     scale_args.add_argument("--hybrid-dir", default="",
                             help="keep the hybrid collection of size N in DIR/N and reuse it when it is "
-                                 "complete (re-time after a code change without the build: ~40 min at 1M)")
+                                 "complete (re-time after a code change without the build: ~50 min at 1M)")
     args = parser.parse_args()
     stop_cleanly_on_sigterm()
     if args.scale:

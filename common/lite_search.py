@@ -55,7 +55,9 @@ _original_bm25 = None
 
 
 class _SegmentKeys:
-    """Primary keys of one immutable segment: as an array, sorted, and the sort order."""
+    """Primary keys of one immutable segment: as an array, sorted, and the sort order; and,
+    once a lookup asked for them, its integer columns sorted the same way (``columns``:
+    16 bytes a row per column, e.g. ``text_key`` and ``id`` of the texts)."""
 
     __slots__ = ("key", "collection", "num_rows", "pks", "seqs", "order", "sorted", "columns")
 
@@ -81,7 +83,6 @@ class _SegmentKeys:
         hit = self.sorted[pos_clipped] == keys
         which = np.nonzero(hit)[0]
         return self.order[pos_clipped[which]], which
-
 
     def column_mask(self, segment, field: str, values: np.ndarray) -> np.ndarray | None:
         """True on this segment's rows whose integer column ``field`` holds one of ``values``,
