@@ -116,7 +116,8 @@ FUSION_SECTION = """## bench/eval.py — fusion methods per query kind
 Each set ingested into a fresh Milvus Lite collection; one search per query with every
 channel of its kind (k = 1000, so the evidence of the fused hits holds each channel's whole
 ranking); each channel alone and every fusion method (`query.fusion.fuse`, as the search
-service calls it) scored from those rankings. Cells: hit@5 / mAP; ✓ where the rule holds
+service calls it: each channel's scale from its top 50, so the fused order is a k = 10
+search's) scored from those rankings. Cells: hit@5 / mAP; ✓ where the rule holds
 (fused hit@5 and mAP >= the best single channel's minus 0.02), ✗ where it does not.
 Kinds named `copy:` (near-duplicate set only) split its one kind `class` by the kind of
 copy the query is, for reading (mirrors); the rule is judged on the set's own kinds.
@@ -155,7 +156,8 @@ def collect(set_name: str, settings: Settings, dump: Path | None) -> tuple[dict[
                 lists = query_channels(service, q)
                 data[q.id] = {"kind": q.kind, "own": own,
                               "relevant": sorted({dataset.resolve(r) for r in q.relevant} - {own}),
-                              "channels": {c: [[h.image_id, h.score] for h in v] for c, v in lists.items()}}
+                              "channels": {c: [[h.image_id, h.score] + ([h.coverage] if h.coverage is not None else [])
+                                               for h in v] for c, v in lists.items()}}
             if set_name == "neardup":
                 listing = find_duplicates(service.store, run_settings.duplicate_threshold)
                 mixed = sum(1 for g in listing.groups

@@ -26,8 +26,8 @@ def query_channels(service, query: EvalQuery) -> dict[str, list[ChannelHit]]:
     lists: dict[str, list[tuple[int, ChannelHit]]] = {c: [] for c in DEFAULT_CHANNELS[kind]}
     for h in hits:
         for name, ev in h.evidence.items():
-            lists.setdefault(name, []).append((int(ev["rank"]), ChannelHit(int(h.id), float(ev["score"]),
-                                                                           ev.get("text"), ev.get("kind"))))
+            lists.setdefault(name, []).append((int(ev["rank"]), ChannelHit(
+                int(h.id), float(ev["score"]), ev.get("text"), ev.get("kind"), ev.get("coverage"))))
     return {name: [hit for _, hit in sorted(rows, key=lambda r: r[0])] for name, rows in lists.items()}
 
 
@@ -48,7 +48,9 @@ def ranked(rows: dict, channels: list[str] | None, method: str, weights: dict, r
     fused by ``method`` where there are several, as the search service would rank it."""
     from query.fusion import fuse
 
-    lists = {c: [ChannelHit(int(i), float(s)) for i, s in hits] for c, hits in rows["channels"].items()
+    # a dumped hit is [id, score] or [id, score, coverage] (bm25, since the coverage weight)
+    lists = {c: [ChannelHit(int(h[0]), float(h[1]), coverage=h[2] if len(h) > 2 else None) for h in hits]
+             for c, hits in rows["channels"].items()
              if channels is None or c in channels}
     if not lists:
         return []

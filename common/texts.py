@@ -77,6 +77,27 @@ def bm25_query(text: str, stop_words: frozenset[str] = ENGLISH_STOP_WORDS) -> st
     return kept if TOKEN_RE.search(kept) else text
 
 
+def query_words(text: str, stop_words: frozenset[str] = ENGLISH_STOP_WORDS) -> frozenset[str]:
+    """The distinct lower-cased words of the BM25 query made of ``text`` (:func:`bm25_query`)."""
+    return frozenset(t.lower() for t in TOKEN_RE.findall(bm25_query(text, stop_words)))
+
+
+def query_coverage(query: str, text: str, stop_words: frozenset[str] = ENGLISH_STOP_WORDS) -> float:
+    """The share of the BM25 query's distinct words (:func:`query_words`) that ``text`` holds, 0..1.
+
+    Lucene's classic coordination factor (``coord``: matching terms / query terms). BM25
+    ranks a text by the words it shares with the query, each weighed by its rarity, so a
+    text sharing one rare word ("next") with an eight-word paraphrase stands as far above
+    the texts sharing a common word as an exact match would; how much of the query it holds
+    is what tells the two apart. Fusion weighs the ``bm25`` channel by its best hit's
+    coverage (:mod:`query.fusion`). A query with no words covers nothing (0).
+    """
+    words = query_words(query, stop_words)
+    if not words:
+        return 0.0
+    return len(words & {t.lower() for t in TOKEN_RE.findall(text or "")}) / len(words)
+
+
 def text_id(image_id: int, kind: str, position: int) -> int:
     """Stable positive int64 key of the ``position``-th text of ``kind`` of an image."""
     digest = hashlib.blake2b(f"{int(image_id)}:{kind}:{int(position)}".encode(), digest_size=8).digest()

@@ -8,25 +8,28 @@ then sums over channels, times ``weights[channel]`` (``IMGSEARCH_FUSION_WEIGHTS`
   method before issue 18. Ranks only: a channel that knows nothing about the query (CLIP on
   a serial number, BM25 on a paraphrase) moves images as much as one that knows.
 - ``wrrf``: RRF with each channel's weight multiplied by its per-query :func:`confidence`.
-- ``minmax``: each channel's scores scaled to 0..1 over its own hits (Weaviate's
-  relativeScore); BM25 is scaled from its natural floor 0 (:data:`FLOORS`).
-- ``zscore``: each channel's scores in standard deviations above its lowest hit.
+- ``minmax``: each channel's scores scaled to 0..1 over its own top 50 hits (Weaviate's
+  relativeScore; :data:`CONFIDENCE_DEPTH`, so the order does not change with the depth a
+  channel was asked for); BM25 is scaled from its natural floor 0 (:data:`FLOORS`).
+- ``zscore``: each channel's scores in standard deviations (of its top 50) above the lowest
+  of its top 50.
 - ``confidence`` (the default, ``IMGSEARCH_FUSION``): ``minmax`` with each channel's
   weight multiplied by its per-query :func:`confidence`, the robust z-score of its top
   score against its own top 50: a channel whose best hits stand clear of its own
-  distribution counts more, one with a flat distribution counts less. No method holds
-  "fused is never worse than the best single channel" on every committed evaluation set
-  and query kind (bench/eval.py, README "Fusion methods"); this one stays the default
-  because ``clearance``, which holds it on more kinds, is not better on every kind.
+  distribution counts more, one with a flat distribution counts less; a channel that
+  matches words (``bm25``) also counts as much of the query as its best hit holds (its
+  ``coverage``, Lucene's ``coord``). No method holds "fused is never worse than the best
+  single channel" on every committed evaluation set and query kind (bench/eval.py, README
+  "Fusion methods"); this one stays the default because ``clearance``, which fails the
+  same kinds, is below it on every image kind.
 - ``clearance``: ``minmax`` with each channel's weight multiplied by its :func:`confidence`
   times its :func:`relative_clearance` (how far its top stands above its own top 50 as a
   share of the top's score above the channel's zero, :data:`ZEROS`). A robust z-score
   measures the clearance in units of the channel's own spread, so a channel whose scores are
   tightly concentrated (CLIP's cross-modal text-to-image cosines) gets a large z from a gap
   that is small next to its scores; the product asks for both. Selectable, not the default:
-  on the committed sets it holds the rule on more kinds than ``confidence`` (7 of 9
-  against 6) but loses a little mAP on near-duplicates, so it is not better on every kind
-  (README "Fusion methods").
+  on the committed sets it fails the rule on the same kinds as ``confidence`` (closer on
+  the mixed text kinds) and loses mAP on near-duplicates (README "Fusion methods").
 
 With a single channel the hits keep that channel's own score in every method (nothing to
 fuse), so ``channels=["clip"]`` answers exactly like a plain CLIP search.
@@ -46,17 +49,20 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class ChannelHit:
-    """An image as one channel ranked it; ``text``/``kind`` name the text row that matched."""
+    """An image as one channel ranked it; ``text``/``kind`` name the text row that matched;
+    ``coverage`` is the share of the query's words that text holds, for a channel that
+    matches words (``bm25``; None: the channel does not match words)."""
 
     image_id: int
     score: float
     text: str | None = None
     kind: str | None = None
+    coverage: float | None = None
 
 
 @dataclass
 class FusedHit:
-    """A fused result: ``evidence[channel] = {"rank", "score"[, "text", "kind"]}``."""
+    """A fused result: ``evidence[channel] = {"rank", "score"[, "text", "kind"][, "coverage"]}``."""
 
     id: int
     uri: str
@@ -87,7 +93,10 @@ METHODS = ("rrf", "wrrf", "minmax", "zscore", "confidence", "clearance")
 # gives 0 to a text sharing no term with the query (min-max scales its list from 0, so a
 # lone weak match is not stretched to 1 against nothing).
 FLOORS = {"bm25": 0.0}
-CONFIDENCE_DEPTH = 50   # the confidence of a channel is read from its top this many scores
+# A channel's confidence and its score scale (minmax, zscore) are read from its top this many
+# hits, whatever depth it was asked for: the service asks every channel for at least this many
+# (query.search), so a hit's fused score, and the order, do not change with k.
+CONFIDENCE_DEPTH = 50
 # The score at which a channel says "no relation" (what ``relative_clearance`` measures a top
 # from): cosine 0 for clip and dense (orthogonal vectors), 64 - 2*hamming = 0 for phash (32 of
 # 64 bits differ, what two unrelated images give), BM25 0 (no shared term). A channel not
@@ -143,39 +152,52 @@ def relative_clearance(scores: Sequence[float], zero: float = 0.0, depth: int = 
 
 
 def _contributions(method: str, hits: Sequence[ChannelHit], weight: float, rrf_k: int,
-                   floor: float | None) -> list[float]:
+                   floor: float | None, depth: int = CONFIDENCE_DEPTH) -> list[float]:
     """What each of a channel's (deduplicated) hits adds to its image's fused score;
-    ``weight`` already holds the channel's per-query confidence where the method uses one."""
+    ``weight`` already holds the channel's per-query confidence where the method uses one.
+
+    In the score methods only the channel's best ``depth`` hits add anything, on a scale
+    (minmax's low and high, zscore's mean and spread) read from them: scaled over the whole
+    list, a hit's share would depend on how deep the channel was asked to go (the service
+    asks max(50, 3k)), so the top 10 of a k=100 search would not be the k=10 search's."""
     scores = [float(h.score) for h in hits]
     if method in ("rrf", "wrrf"):
         return [weight / (rrf_k + rank) for rank in range(1, len(hits) + 1)]
     if not scores:
         return []
+    head = scores[:depth]
     if method == "zscore":
-        mean = sum(scores) / len(scores)
-        std = (sum((v - mean) ** 2 for v in scores) / len(scores)) ** 0.5
-        low = min(scores)
-        return [weight * ((v - low) / std if std > 0 else 1.0) for v in scores]
-    # minmax (Weaviate's relativeScore), confidence, clearance: best hit 1, worst (or the floor) 0
-    low = min(scores) if floor is None else min(min(scores), floor)
-    high = max(scores)
-    normed = [(v - low) / (high - low) if high > low else 1.0 for v in scores]
-    return [weight * v for v in normed]
+        mean = sum(head) / len(head)
+        std = (sum((v - mean) ** 2 for v in head) / len(head)) ** 0.5
+        low = min(head)
+        return [weight * (max(0.0, (v - low) / std) if std > 0 else 1.0) if rank < depth else 0.0
+                for rank, v in enumerate(scores)]
+    # minmax (Weaviate's relativeScore), confidence, clearance: best hit 1, the low (or the floor) 0
+    low = min(head) if floor is None else min(min(head), floor)
+    high = max(head)
+    return [weight * (max(0.0, (v - low) / (high - low)) if high > low else 1.0) if rank < depth else 0.0
+            for rank, v in enumerate(scores)]
 
 
 def confidence_weights(channels: Mapping[str, Sequence[ChannelHit]], method: str = "confidence",
                        zeros: Mapping[str, float] | None = None) -> dict[str, float]:
     """Each channel's per-query weight: its :func:`confidence` (0 for a flat list, rising
     linearly with the top's clearance), for ``clearance`` times its
-    :func:`relative_clearance` against ``zeros`` (default :data:`ZEROS`). When no channel
-    stands clear at all, every channel weighs 1 (plain fusion)."""
+    :func:`relative_clearance` against ``zeros`` (default :data:`ZEROS`); for a channel that
+    matches words, times its best hit's coverage (the share of the query's words it holds:
+    a text sharing one rare word of eight stands as clear of the texts sharing none as an
+    exact match does). When no channel stands clear at all, every channel weighs 1 (plain
+    fusion)."""
     zeros = ZEROS if zeros is None else zeros
     out = {}
     for name, hits in channels.items():
-        scores = [float(h.score) for h in dedupe(hits)]
+        unique = dedupe(hits)
+        scores = [float(h.score) for h in unique]
         out[name] = confidence(scores)
         if method == "clearance":
             out[name] *= relative_clearance(scores, zeros.get(name, 0.0))
+        if unique and unique[0].coverage is not None:
+            out[name] *= max(0.0, min(1.0, float(unique[0].coverage)))
     return out if any(out.values()) else {name: 1.0 for name in channels}
 
 
@@ -213,6 +235,8 @@ def fuse(channels: Mapping[str, Sequence[ChannelHit]], weights: Mapping[str, flo
             if hit.text is not None:
                 entry["text"] = hit.text
                 entry["kind"] = hit.kind
+            if hit.coverage is not None:
+                entry["coverage"] = round(float(hit.coverage), 3)
             if tiers and name in tiers and float(hit.score) >= tiers[name]:
                 entry["tier"] = True
                 tiered.add(hit.image_id)

@@ -96,7 +96,8 @@ class HitModel(BaseModel):
     id: int
     uri: str
     score: float
-    evidence: dict[str, dict] = Field({}, description="channel -> {rank, score[, text, kind]}")
+    evidence: dict[str, dict] = Field({}, description="channel -> {rank, score[, text, kind][, coverage]}; "
+                                      "coverage (bm25): the share of the query's words its text holds")
 
 
 class SearchResponse(BaseModel):

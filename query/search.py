@@ -25,7 +25,7 @@ from common.settings import Settings, parse_weights
 from common.store import Hit, ImageStore
 from common.texts import TextStore
 from query.channels import Channel, Query, build_channels
-from query.fusion import FusedHit, fuse
+from query.fusion import CONFIDENCE_DEPTH, FusedHit, fuse
 from query.isolation import run_isolated
 from query.vocabulary import (  # noqa: F401  (re-exported: callers import them from here too)
     CHANNELS,
@@ -137,7 +137,7 @@ class SearchService:
         check_k(q.k)
         q.channels = resolve_channels(q.kind, q.channels)
         q.must = check_must(q.must)
-        q.depth = min(MAX_K, max(200, 10 * q.k) if q.must else max(50, 3 * q.k))
+        q.depth = min(MAX_K, max(200, 10 * q.k) if q.must else max(CONFIDENCE_DEPTH, 3 * q.k))
         texts_wanted = any(self.channels[c].reads_text for c in q.channels)
         if q.kind == "text":
             if not isinstance(q.text, str):

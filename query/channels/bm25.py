@@ -1,13 +1,15 @@
 """The ``bm25`` channel: the query's words against the indexed texts (OCR lines, captions,
-tags) by BM25, so exact codes and rare words are found. Evidence names the matching text."""
+tags) by BM25, so exact codes and rare words are found. Evidence names the matching text and
+the share of the query's words it holds (its coverage, which fusion weighs the channel by)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from common.texts import TextHit
+from common.texts import STOP_WORD_SETS, TextHit, query_coverage
 from query.channels.base import Query
 from query.channels.text_rows import TextRowsChannel
+from query.fusion import ChannelHit
 
 
 class Bm25Channel(TextRowsChannel):
@@ -21,6 +23,11 @@ class Bm25Channel(TextRowsChannel):
 
     def search_group(self, queries: Sequence[Query], limit: int) -> list[list[TextHit]]:
         return self.service.texts.search_bm25([q.query_text for q in queries], limit)
+
+    def evidence(self, q: Query, hits: list[TextHit]) -> list[ChannelHit]:
+        stop_words = STOP_WORD_SETS[self.settings.bm25_stopwords]
+        return [ChannelHit(h.image_id, h.score, h.text, h.kind, query_coverage(q.query_text, h.text, stop_words))
+                for h in super().evidence(q, hits)]
 
     def warm(self) -> None:
         self.service.texts.search_bm25(["warm up"], 1)

@@ -205,6 +205,7 @@ function renderEvidence(evidence) {
     const parts = [`${channel}`];
     if (ev.rank !== undefined && ev.rank !== null) parts.push(`#${ev.rank}`);
     if (typeof ev.score === "number") parts.push(ev.score.toFixed(3));
+    if (typeof ev.coverage === "number") parts.push(`${Math.round(ev.coverage * 100)}% of the words`);
     let line = parts.join(" · ");
     if (ev.text) line += ` — “${ev.text}”${ev.kind ? ` (${ev.kind})` : ""}`;
     ul.append(el("li", { text: line }));

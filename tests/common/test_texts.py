@@ -7,7 +7,16 @@ import pytest
 
 from common.errors import ModelMismatchError
 from common.models.text import load_text_encoder
-from common.texts import ENGLISH_STOP_WORDS, TextItem, TextStore, bm25_query, text_id, text_key
+from common.texts import (
+    ENGLISH_STOP_WORDS,
+    TextItem,
+    TextStore,
+    bm25_query,
+    query_coverage,
+    query_words,
+    text_id,
+    text_key,
+)
 
 
 @pytest.fixture
@@ -58,6 +67,19 @@ def test_bm25_query_drops_lucene_english_stop_words_only():
     assert bm25_query("To be, or not to be") == "To be, or not to be"  # only stop words: unchanged
     assert bm25_query("") == ""
     assert bm25_query("for the guests", frozenset()) == "for the guests"
+
+
+def test_coverage_is_the_share_of_the_bm25_querys_words_a_text_holds():
+    query = "no charge for an espresso for everyone who comes by in the next two days"
+    assert query_words(query) == {"charge", "espresso", "everyone", "who", "comes", "next", "two", "days"}
+    assert query_coverage(query, "Our shop is moving to a bigger building next month.") == 1 / 8
+    assert query_coverage("SERIAL xk-4471-b", "serial XK-4471-B made in Germany") == 1.0
+    assert query_coverage("XK-4471-B", "XK-4471") == 2 / 3  # tokens xk, 4471, b
+    assert query_coverage("free coffee", "FREE coffee, free tea") == 1.0  # a word counts once
+    assert query_coverage("to be or not to be", "to be") == 0.5  # only stop words: the query as it is
+    assert query_coverage("the guests", "The guests") == 1.0 and query_coverage("guests", "") == 0.0
+    assert query_coverage("for the guests", "for", frozenset()) == 1 / 3  # stop words kept: they count
+    assert query_coverage("", "anything") == 0.0 and query_coverage("...", "anything") == 0.0
 
 
 def test_bm25_ignores_query_stop_words_unless_the_query_has_nothing_else(texts, make_settings):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from query.fusion import ChannelHit, FusedHit, fuse
+from query.fusion import ChannelHit, FusedHit, confidence_weights, fuse
 
 
 def test_images_ranked_well_by_several_channels_win():
@@ -86,6 +86,44 @@ def test_confidence_methods_follow_the_channel_that_knows(method):
     # equal-weight RRF: image 2 (clip #1, bm25 #2) wins
     assert [i for i, _, _ in fuse(channels, {}, method="rrf")][0] == 2
     assert [i for i, _, _ in fuse(channels, {}, method=method)][0] == 1
+
+
+@pytest.mark.parametrize("method", ["confidence", "clearance"])
+def test_a_word_channel_counts_as_much_of_the_query_as_its_best_hit_holds(method):
+    # BM25 on an 8-word paraphrase: one text shares a rare word and stands far above the
+    # few sharing a common one (robust z ~30); dense is sure of another image (z ~6)
+    partial = [ChannelHit(1, 4.6, "bigger building next", "ocr", 1 / 8)] + [
+        ChannelHit(i, 1.4 - i / 100, "two extreme parts", "ocr", 1 / 8) for i in range(10, 17)]
+    dense = [ChannelHit(2, 0.51), ChannelHit(3, 0.25), ChannelHit(1, 0.23)] + [
+        ChannelHit(i, 0.2 - i / 1000) for i in range(20, 70)]
+    whole = [ChannelHit(h.image_id, h.score, h.text, h.kind, None) for h in partial]
+    assert fuse({"bm25": whole, "dense": dense}, {}, method=method)[0][0] == 1
+    fused = fuse({"bm25": partial, "dense": dense}, {}, method=method)
+    assert fused[0][0] == 2
+    assert dict((i, e) for i, _, e in fused)[1]["bm25"] == {
+        "rank": 1, "score": 4.6, "text": "bigger building next", "kind": "ocr", "coverage": 0.125}
+    full = [ChannelHit(h.image_id, h.score, h.text, h.kind, 1.0) for h in partial]
+    assert fuse({"bm25": full, "dense": dense}, {}, method=method)[0][0] == 1  # all its words: it counts
+    for weighed in ("wrrf", method):  # every method with per-query weights reads the coverage
+        plain = confidence_weights({"bm25": whole, "dense": dense}, weighed)
+        assert confidence_weights({"bm25": partial, "dense": dense}, weighed) == {
+            "bm25": pytest.approx(plain["bm25"] / 8), "dense": plain["dense"]}
+
+
+@pytest.mark.parametrize("method", ["minmax", "zscore", "confidence", "clearance"])
+def test_a_fused_score_does_not_change_with_the_depth_the_channels_were_asked_for(method):
+    # the service asks each channel for max(50, 3k) hits: k=10 and k=100 must order alike
+    import random
+
+    rng = random.Random(7)
+    deep = {name: [ChannelHit(i, score) for i, score in zip(
+                rng.sample(range(400), 150), sorted((rng.gauss(mean, 0.1) for _ in range(150)), reverse=True))]
+            for name, mean in (("clip", 0.3), ("dense", 0.4), ("bm25", 5.0))}
+    shallow = {name: hits[:50] for name, hits in deep.items()}
+    cut = {i: score for i, score, _ in fuse(shallow, {}, method=method)}
+    full = {i: score for i, score, _ in fuse(deep, {}, method=method)}
+    assert cut == {i: pytest.approx(full[i]) for i in cut}
+    assert all(full[i] == 0 for i in full.keys() - cut.keys())  # below every channel's top 50: nothing
 
 
 @pytest.mark.parametrize("method", ["rrf", "wrrf", "minmax", "zscore", "confidence", "clearance"])

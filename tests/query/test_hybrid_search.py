@@ -71,6 +71,7 @@ def test_exact_codes_rank_first_with_their_line_as_evidence(hybrid):
         assert hits[0].uri == uri(folder, name), (query, [h.to_dict() for h in hits])
         bm25 = hits[0].evidence["bm25"]
         assert bm25["rank"] == 1 and bm25["kind"] == "ocr" and query.lower() in bm25["text"].lower()
+        assert bm25["coverage"] == 1.0  # the line holds every word of the query
         assert set(hits[0].evidence) <= {"clip", "bm25", "dense"}
 
 

@@ -261,12 +261,13 @@ def test_filters_from_the_filter_editor_narrow_the_results(page, stack, samples_
 
 
 def test_evidence_per_hit_is_rendered_when_a_worker_sends_it(page):
-    """Fused multi-channel replies carry ``evidence: {channel: {rank, score, text?, kind?}}`` per hit;
+    """Fused multi-channel replies carry ``evidence: {channel: {rank, score, text?, kind?, coverage?}}`` per hit;
     the page's renderer is checked on that shape (the clip-only worker sends none yet)."""
     lines = page.evaluate("""() => [...renderEvidence({clip: {rank: 1, score: 0.5123},
-                                                       bm25: {rank: 3, score: 7.25, text: "SUMMER SALE", kind: "ocr"}})
+                                                       bm25: {rank: 3, score: 7.25, text: "SUMMER SALE", kind: "ocr",
+                                                              coverage: 0.5}})
                                      .querySelectorAll('li')].map(li => li.textContent)""")
-    assert lines == ["clip · #1 · 0.512", "bm25 · #3 · 7.250 — “SUMMER SALE” (ocr)"]
+    assert lines == ["clip · #1 · 0.512", "bm25 · #3 · 7.250 · 50% of the words — “SUMMER SALE” (ocr)"]
     assert page.evaluate("() => renderEvidence(undefined) === null && renderEvidence({}) === null")
 
 
