@@ -92,10 +92,14 @@ def query_coverage(query: str, text: str, stop_words: frozenset[str] = ENGLISH_S
     is what tells the two apart. Fusion weighs the ``bm25`` channel by its best hit's
     coverage (:mod:`query.fusion`). A query with no words covers nothing (0).
     """
-    words = query_words(query, stop_words)
+    return words_coverage(query_words(query, stop_words), text)
+
+
+def words_coverage(words: frozenset[str], text: str | None) -> float:
+    """:func:`query_coverage` with the query's words found once (a channel scores ~150 rows)."""
     if not words:
         return 0.0
-    return len(words & {t.lower() for t in TOKEN_RE.findall(text or "")}) / len(words)
+    return len(words.intersection(TOKEN_RE.findall((text or "").lower()))) / len(words)
 
 
 def text_id(image_id: int, kind: str, position: int) -> int:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from common.texts import STOP_WORD_SETS, TextHit, query_coverage
+from common.texts import STOP_WORD_SETS, TextHit, query_words, words_coverage
 from query.channels.base import Query
 from query.channels.text_rows import TextRowsChannel
 from query.fusion import ChannelHit
@@ -25,8 +25,8 @@ class Bm25Channel(TextRowsChannel):
         return self.service.texts.search_bm25([q.query_text for q in queries], limit)
 
     def evidence(self, q: Query, hits: list[TextHit]) -> list[ChannelHit]:
-        stop_words = STOP_WORD_SETS[self.settings.bm25_stopwords]
-        return [ChannelHit(h.image_id, h.score, h.text, h.kind, query_coverage(q.query_text, h.text, stop_words))
+        words = query_words(q.query_text, STOP_WORD_SETS[self.settings.bm25_stopwords])
+        return [ChannelHit(h.image_id, h.score, h.text, h.kind, words_coverage(words, h.text))
                 for h in super().evidence(q, hits)]
 
     def warm(self) -> None:
