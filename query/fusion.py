@@ -185,8 +185,8 @@ def confidence_weights(channels: Mapping[str, Sequence[ChannelHit]], method: str
     linearly with the top's clearance), for ``clearance`` times its
     :func:`relative_clearance` against ``zeros`` (default :data:`ZEROS`); for a channel that
     matches words, times its best hit's coverage (the share of the query's words it holds:
-    a text sharing one rare word of eight stands as clear of the texts sharing none as an
-    exact match does). When no channel stands clear at all, every channel weighs 1 (plain
+    a text sharing one rare word of eight stands as clear of the texts sharing a common one
+    as an exact match does). When no channel stands clear at all, every channel weighs 1 (plain
     fusion)."""
     zeros = ZEROS if zeros is None else zeros
     out = {}
