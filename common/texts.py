@@ -82,21 +82,17 @@ def query_words(text: str, stop_words: frozenset[str] = ENGLISH_STOP_WORDS) -> f
     return frozenset(t.lower() for t in TOKEN_RE.findall(bm25_query(text, stop_words)))
 
 
-def query_coverage(query: str, text: str, stop_words: frozenset[str] = ENGLISH_STOP_WORDS) -> float:
-    """The share of the BM25 query's distinct words (:func:`query_words`) that ``text`` holds, 0..1.
+def words_coverage(words: frozenset[str], text: str | None) -> float:
+    """The share of a BM25 query's distinct words (:func:`query_words`) that ``text`` holds, 0..1.
 
     Lucene's classic coordination factor (``coord``: matching terms / query terms). BM25
     ranks a text by the words it shares with the query, each weighed by its rarity, so a
     text sharing one rare word ("next") with an eight-word paraphrase stands as far above
     the texts sharing a common word as an exact match would; how much of the query it holds
     is what tells the two apart. Fusion weighs the ``bm25`` channel by its best hit's
-    coverage (:mod:`query.fusion`). A query with no words covers nothing (0).
+    coverage (:mod:`query.fusion`). A query with no words covers nothing (0). The query's
+    words are found once and passed in: a channel scores ~150 rows per query.
     """
-    return words_coverage(query_words(query, stop_words), text)
-
-
-def words_coverage(words: frozenset[str], text: str | None) -> float:
-    """:func:`query_coverage` with the query's words found once (a channel scores ~150 rows)."""
     if not words:
         return 0.0
     return len(words.intersection(TOKEN_RE.findall((text or "").lower()))) / len(words)

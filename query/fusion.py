@@ -165,18 +165,16 @@ def _contributions(method: str, hits: Sequence[ChannelHit], weight: float, rrf_k
         return [weight / (rrf_k + rank) for rank in range(1, len(hits) + 1)]
     if not scores:
         return []
-    head = scores[:depth]
+    head, below = scores[:depth], [0.0] * max(0, len(scores) - depth)
     if method == "zscore":
         mean = sum(head) / len(head)
         std = (sum((v - mean) ** 2 for v in head) / len(head)) ** 0.5
         low = min(head)
-        return [weight * (max(0.0, (v - low) / std) if std > 0 else 1.0) if rank < depth else 0.0
-                for rank, v in enumerate(scores)]
+        return [weight * ((v - low) / std if std > 0 else 1.0) for v in head] + below
     # minmax (Weaviate's relativeScore), confidence, clearance: best hit 1, the low (or the floor) 0
     low = min(head) if floor is None else min(min(head), floor)
     high = max(head)
-    return [weight * (max(0.0, (v - low) / (high - low)) if high > low else 1.0) if rank < depth else 0.0
-            for rank, v in enumerate(scores)]
+    return [weight * ((v - low) / (high - low) if high > low else 1.0) for v in head] + below
 
 
 def confidence_weights(channels: Mapping[str, Sequence[ChannelHit]], method: str = "confidence",

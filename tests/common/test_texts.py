@@ -12,10 +12,10 @@ from common.texts import (
     TextItem,
     TextStore,
     bm25_query,
-    query_coverage,
     query_words,
     text_id,
     text_key,
+    words_coverage,
 )
 
 
@@ -70,6 +70,9 @@ def test_bm25_query_drops_lucene_english_stop_words_only():
 
 
 def test_coverage_is_the_share_of_the_bm25_querys_words_a_text_holds():
+    def query_coverage(query, text, stop_words=ENGLISH_STOP_WORDS):
+        return words_coverage(query_words(query, stop_words), text)
+
     query = "no charge for an espresso for everyone who comes by in the next two days"
     assert query_words(query) == {"charge", "espresso", "everyone", "who", "comes", "next", "two", "days"}
     assert query_coverage(query, "Our shop is moving to a bigger building next month.") == 1 / 8
